@@ -1,0 +1,133 @@
+"""Where meta-datasets live on disk: an append-only store of runs, and the spec strings that name one.
+
+A store is a folder::
+
+    STORE/
+      runs/<run_id>.parquet     one file per finished run, written atomically (temp file + rename)
+      metadataset.parquet       all runs in one file, rebuilt atomically by ``consolidate()``
+      manifest.json             how the meta-dataset was made (command, config, hardware, date, sha)
+
+Writing a run twice with the same run_id replaces the file with identical content, so a resumed
+sweep can never duplicate a row; a crash mid-write leaves only a temp file that readers ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from metallmix.errors import SchemaError
+from metallmix.metadataset.schema import STATUS_OK, validate_rows
+
+CONSOLIDATED_NAME = "metadataset.parquet"
+MANIFEST_NAME = "manifest.json"
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    _atomic_write_bytes(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+
+    _atomic_write_bytes(Path(path), write)
+
+
+class MetaDatasetStore:
+    """An append-only, crash-safe folder of runs (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+
+    def write_run(self, row: dict[str, Any]) -> Path:
+        df = validate_rows(pd.DataFrame([row]), source=f"run {row.get('run_id')!r}")
+        path = self.runs_dir / f"{row['run_id']}.parquet"
+        atomic_write_parquet(df, path)
+        return path
+
+    def run_ids(self) -> set[str]:
+        if not self.runs_dir.is_dir():
+            return set()
+        return {p.stem for p in self.runs_dir.glob("*.parquet")}
+
+    def finished_run_ids(self, include_failed: bool = True) -> set[str]:
+        """Run ids that a resumed sweep skips: every recorded run, or only the ok ones."""
+        if include_failed:
+            return self.run_ids()
+        df = self.read()
+        return set(df.loc[df["status"] == STATUS_OK, "run_id"])
+
+    def read(self) -> pd.DataFrame:
+        """Every recorded run, one row each, sorted by run_id."""
+        files = sorted(self.runs_dir.glob("*.parquet")) if self.runs_dir.is_dir() else []
+        if not files:
+            consolidated = self.root / CONSOLIDATED_NAME
+            if consolidated.exists():
+                return read_parquet(consolidated)
+            return pd.DataFrame()
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return validate_rows(df.sort_values("run_id", ignore_index=True), source=str(self.root))
+
+    def consolidate(self) -> Path:
+        """Write all runs into one Parquet file, atomically; returns its path."""
+        df = self.read()
+        path = self.root / CONSOLIDATED_NAME
+        atomic_write_parquet(df, path)
+        return path
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        path = self.root / MANIFEST_NAME
+        atomic_write_json(manifest, path)
+        return path
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    return validate_rows(pd.read_parquet(path), source=str(path))
+
+
+def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
+    """Open a meta-dataset named by its spec string.
+
+    - ``PATH.parquet``: a consolidated meta-dataset file;
+    - ``DIR``: a metallmix store (its runs, or its metadataset.parquet);
+    - ``quicktune:DIR``: a folder in the Quick-Tune format (table.csv, curves/, meta/), imported.
+    """
+    spec = str(spec)
+    if spec.startswith("quicktune:"):
+        from metallmix.metadataset.quicktune import import_quicktune
+
+        return import_quicktune(spec[len("quicktune:"):])
+    path = Path(spec)
+    if path.is_file():
+        return read_parquet(path)
+    if path.is_dir():
+        df = MetaDatasetStore(path).read()
+        if df.empty:
+            raise SchemaError(f"meta-dataset folder {spec} holds no runs (no runs/*.parquet, no {CONSOLIDATED_NAME})")
+        return df
+    raise SchemaError(
+        f"meta-dataset {spec!r} not found; give a .parquet file, a metallmix store folder, "
+        "or quicktune:DIR for a Quick-Tune folder"
+    )

@@ -1,0 +1,419 @@
+"""The sweep: a Ray Tune grid over datasets x backbones x hyperparameters that records the meta-dataset.
+
+Run it with ``python -m metallmix.sweep`` (a Hydra app, ``conf/sweep.yaml``). One trial is one real
+training run (:func:`metallmix.training.train_run`, which knows nothing of Ray). Every trial, failed
+ones included, becomes one row of the meta-dataset store, written by the driver the moment the trial
+reports it; a run's key is a hash of dataset, config and seed, so an interrupted sweep (Ctrl-C, a
+killed worker or driver) is resumed by running the same command again: recorded runs are skipped,
+none is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from metallmix.data import compute_meta_features, dataset_id, load_dataset
+from metallmix.data.base import ImageDataset
+from metallmix.errors import ConfigError, MetallmixError
+from metallmix.metadataset.schema import STATUS_FAILED, STATUS_OK, canonical_json, make_row, row_config, run_key
+from metallmix.metadataset.store import MetaDatasetStore
+from metallmix.training import check_weights_available, train_run, validate_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers to plain Python; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - hydra-core is a dependency
+        pass
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# search space
+
+
+def expand_space(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """All valid configs of a search space, in a stable order.
+
+    A space is ``{"grid": [block, ...], "fixed": {...}}``: each block maps a hyperparameter to the
+    list of its values and stands for their Cartesian product; the space is the union of its blocks
+    (as scikit-learn's ParameterGrid), each point completed by ``fixed``. Every point is checked
+    with :func:`metallmix.training.validate_config`; an invalid point is an error naming it.
+    """
+    space = _plain(space)
+    blocks = space.get("grid")
+    if isinstance(blocks, Mapping):
+        blocks = [blocks]
+    if not blocks:
+        raise ConfigError(f"search space {space.get('name', '?')!r} has no grid; give space.grid as a list of blocks")
+    fixed = dict(space.get("fixed") or {})
+    configs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, block in enumerate(blocks):
+        if not isinstance(block, Mapping) or not block:
+            raise ConfigError(f"space.grid[{i}] must be a non-empty mapping of hyperparameter -> list of values")
+        names = list(block)
+        values = [v if isinstance(v, list) else [v] for v in block.values()]
+        for name, vals in zip(names, values):
+            if not vals:
+                raise ConfigError(f"space.grid[{i}].{name} is an empty list: the space has no valid point")
+        for combo in itertools.product(*values):
+            point = {**fixed, **dict(zip(names, combo))}
+            try:
+                config = validate_config(point)
+            except ConfigError as exc:
+                raise ConfigError(f"space.grid[{i}] point {point} is invalid: {exc}") from exc
+            key = canonical_json(config)
+            if key not in seen:
+                seen.add(key)
+                configs.append(config)
+    return configs
+
+
+# --------------------------------------------------------------------------------------------------
+# planning
+
+
+@dataclass
+class PreparedDataset:
+    cfg: dict[str, Any]
+    id: str
+    dataset: ImageDataset
+    meta_features: dict[str, float]
+
+
+@dataclass
+class TrialSpec:
+    run_id: str
+    dataset_id: str
+    config: dict[str, Any]
+    seed: int
+
+    def as_tune_config(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "dataset_id": self.dataset_id, "config": self.config, "seed": self.seed}
+
+
+@dataclass
+class SweepPlan:
+    datasets: dict[str, PreparedDataset]
+    trials: list[TrialSpec]
+    skipped: list[TrialSpec] = field(default_factory=list)
+
+
+def prepare_datasets(dataset_cfgs: Sequence[Mapping[str, Any]]) -> dict[str, PreparedDataset]:
+    """Load every dataset and compute its meta-features, so bad input fails before any trial."""
+    prepared: dict[str, PreparedDataset] = {}
+    for cfg in dataset_cfgs:
+        cfg = dict(_plain(cfg))
+        ds_id = dataset_id(cfg)
+        if ds_id in prepared:
+            raise ConfigError(f"dataset {ds_id!r} is listed twice in the sweep; remove one")
+        ds = load_dataset(cfg)
+        prepared[ds_id] = PreparedDataset(cfg, ds_id, ds, compute_meta_features(ds))
+    if not prepared:
+        raise ConfigError("the sweep has no datasets; set `datasets:` in conf/sweep.yaml or pass dataset=...")
+    return prepared
+
+
+def plan_sweep(
+    datasets: dict[str, PreparedDataset],
+    configs: Sequence[dict[str, Any]],
+    seeds: Sequence[int],
+    done: set[str],
+) -> SweepPlan:
+    trials, skipped = [], []
+    for ds_id, config, seed in itertools.product(datasets, configs, seeds):
+        spec = TrialSpec(run_key(ds_id, config, seed), ds_id, config, int(seed))
+        (skipped if spec.run_id in done else trials).append(spec)
+    return SweepPlan(datasets, trials, skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# provenance
+
+
+def _git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("metallmix", "torch", "torchvision", "ray", "numpy", "pandas", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def driver_provenance() -> dict[str, Any]:
+    return {"git_sha": _git_sha(), "driver_host": socket.gethostname(), "versions": library_versions(),
+            "command": " ".join(sys.argv)}
+
+
+def worker_hardware() -> dict[str, Any]:
+    import torch
+
+    hw = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+          "processor": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        hw["gpu"] = torch.cuda.get_device_name(0)
+        hw["gpu_count"] = torch.cuda.device_count()
+    return hw
+
+
+# --------------------------------------------------------------------------------------------------
+# the trial
+
+
+def build_row(spec: Mapping[str, Any], prepared: PreparedDataset, space_name: str, provenance: dict,
+              result: dict | None, error: str | None) -> dict[str, Any]:
+    """One meta-dataset row from a finished (result) or failed (error) run."""
+    provenance = {**provenance, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    common = dict(
+        dataset_id=prepared.id,
+        dataset_kind=prepared.dataset.kind,
+        dataset_parent=prepared.dataset.parent,
+        modality=prepared.dataset.modality,
+        meta_features=prepared.meta_features,
+        config=spec["config"],
+        seed=spec["seed"],
+        search_space=space_name,
+        provenance=provenance,
+        run_id=spec["run_id"],
+    )
+    if result is None:
+        return make_row(**common, status=STATUS_FAILED, error=error, accuracy=None, cost_seconds=None,
+                        n_epochs=0, curve=[], metrics={})
+    metrics = {k: v for k, v in result.items() if k not in ("curve",)}
+    diverged = bool(result.get("diverged"))
+    return make_row(
+        **common,
+        status=STATUS_FAILED if diverged else STATUS_OK,
+        error="training diverged (non-finite loss)" if diverged else None,
+        accuracy=result["test_accuracy"],
+        cost_seconds=result["train_seconds"],
+        n_epochs=result["n_epochs"],
+        curve=result.get("curve", []),
+        metrics=metrics,
+    )
+
+
+def sweep_trial(tune_config: dict[str, Any], *, datasets: dict[str, PreparedDataset], space_name: str,
+                provenance: dict[str, Any], allow_download: bool) -> None:
+    """The Tune trainable: one real training run, reported per epoch, then its meta-dataset row."""
+    from ray import tune
+
+    prepared = datasets[tune_config["dataset_id"]]
+    provenance = {**provenance, "hardware": worker_hardware()}
+    num_threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    try:
+        result = train_run(tune_config["config"], prepared.dataset, seed=tune_config["seed"],
+                           num_threads=num_threads, allow_download=allow_download,
+                           report=lambda epoch: tune.report({k: v for k, v in epoch.items()}))
+        row = build_row(tune_config, prepared, space_name, provenance, result, None)
+    except Exception as exc:  # noqa: BLE001 - a failed run is data: recorded, never dropped
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        row = build_row(tune_config, prepared, space_name, provenance, None, error)
+    tune.report({"row_json": canonical_json(row), "status": row["status"],
+                 "accuracy": row["accuracy"] if row["accuracy"] is not None else float("nan")})
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver side
+
+
+def _recorder_callback(store: MetaDatasetStore, plan: SweepPlan, space_name: str, provenance: dict):
+    from ray import tune
+
+    class RecordRuns(tune.Callback):
+        """Writes each trial's row to the store as soon as it arrives; prints one progress line."""
+
+        def __init__(self) -> None:
+            self.recorded = 0
+            self.started = time.monotonic()
+
+        def _progress(self, row: dict[str, Any]) -> None:
+            self.recorded += 1
+            cfg = json.dumps(row_config(row), default=str)
+            acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+            secs = "-" if row["cost_seconds"] is None else f"{row['cost_seconds']:.1f}s"
+            elapsed = time.monotonic() - self.started
+            print(f"[{self.recorded}/{len(plan.trials)} | {elapsed:.0f}s] {row['status']:6s} {row['dataset_id']} "
+                  f"acc={acc} time={secs} {cfg}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "row_json" in result:
+                row = json.loads(result["row_json"])
+                store.write_run(row)
+                self._progress(row)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # The worker died (killed, out of memory) more often than FailureConfig retries: a failed row.
+            spec = trial.config
+            if spec["run_id"] in store.run_ids():
+                return
+            error = f"trial errored in Ray (worker died or was killed): {getattr(trial, 'error_file', '') or ''}"
+            row = build_row(spec, plan.datasets[spec["dataset_id"]], space_name, provenance, None, error)
+            store.write_run(row)
+            self._progress(row)
+
+    return RecordRuns()
+
+
+@dataclass
+class SweepResult:
+    store: Path
+    n_planned: int
+    n_skipped: int
+    n_recorded_now: int
+    wall_seconds: float
+
+
+def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
+    """Run a sweep from its (Hydra) config; see conf/sweep.yaml for the keys."""
+    import ray
+    from ray import tune
+
+    cfg = _plain(cfg)
+    started = time.monotonic()
+    space = cfg["space"]
+    space_name = str(space.get("name", "custom"))
+    configs = expand_space(space)
+    allow_download = bool(cfg.get("allow_download", False))
+    for backbone, weights in sorted({(c["backbone"], c["weights"]) for c in configs}):
+        check_weights_available(backbone, weights, allow_download=allow_download)
+    dataset_cfgs = [cfg["dataset"]] if cfg.get("dataset") else list(cfg.get("datasets") or [])
+    datasets = prepare_datasets(dataset_cfgs)
+    seeds = list(cfg.get("seeds") or [0])
+
+    store = MetaDatasetStore(Path(cfg["store"]).expanduser())
+    done = store.finished_run_ids(include_failed=not cfg.get("retry_failed", False))
+    plan = plan_sweep(datasets, configs, seeds, done)
+    provenance = driver_provenance()
+    print(f"metallmix sweep: {len(datasets)} datasets x {len(configs)} configs x {len(seeds)} seeds = "
+          f"{len(plan.trials) + len(plan.skipped)} runs; {len(plan.skipped)} already recorded in {store.root}, "
+          f"{len(plan.trials)} to run", flush=True)
+
+    store.write_manifest(_manifest(cfg, datasets, configs, seeds, provenance, store))
+    recorded_before = len(store.run_ids())
+    if plan.trials:
+        ray_cfg = cfg.get("ray") or {}
+        init_kwargs: dict[str, Any] = {"address": ray_cfg.get("address") or "local", "include_dashboard": False,
+                                       "log_to_driver": bool(ray_cfg.get("log_to_driver", False))}
+        if init_kwargs["address"] == "local" and ray_cfg.get("num_cpus"):
+            init_kwargs["num_cpus"] = int(ray_cfg["num_cpus"])
+        ray.init(**init_kwargs)
+        try:
+            res = cfg.get("resources") or {}
+            trainable = tune.with_resources(
+                tune.with_parameters(sweep_trial, datasets=datasets, space_name=space_name,
+                                     provenance=provenance, allow_download=allow_download),
+                {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([t.as_tune_config() for t in plan.trials])},
+                tune_config=tune.TuneConfig(max_concurrent_trials=cfg.get("max_concurrent_trials")),
+                run_config=tune.RunConfig(
+                    name=f"metallmix-sweep-{space_name}",
+                    storage_path=cfg.get("tune_storage") or None,
+                    callbacks=[_recorder_callback(store, plan, space_name, provenance)],
+                    failure_config=tune.FailureConfig(max_failures=int(cfg.get("max_failures", 1))),
+                    verbose=int(cfg.get("tune_verbose", 0)),
+                ),
+            )
+            tuner.fit()
+        finally:
+            ray.shutdown()
+    path = store.consolidate()
+    result = SweepResult(path, len(plan.trials) + len(plan.skipped), len(plan.skipped),
+                         len(store.run_ids()) - recorded_before, time.monotonic() - started)
+    print(summary_table(store), flush=True)
+    print(f"meta-dataset: {path} ({len(store.run_ids())} runs; {result.n_recorded_now} recorded now, "
+          f"{result.n_skipped} skipped as already recorded; wall time {result.wall_seconds:.0f} s)", flush=True)
+    return result
+
+
+def _manifest(cfg, datasets, configs, seeds, provenance, store) -> dict[str, Any]:
+    return {
+        "what": "metallmix meta-dataset recorded by python -m metallmix.sweep",
+        "command": provenance["command"],
+        "git_sha": provenance["git_sha"],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hardware": worker_hardware(),
+        "versions": provenance["versions"],
+        "config": cfg,
+        "datasets": {k: {"cfg": v.cfg, "kind": v.dataset.kind, "parent": v.dataset.parent,
+                         "modality": v.dataset.modality, "meta_features": v.meta_features}
+                     for k, v in datasets.items()},
+        "n_configs": len(configs),
+        "seeds": seeds,
+        "store": str(store.root),
+    }
+
+
+def summary_table(store: MetaDatasetStore) -> str:
+    """Per dataset x backbone: runs, failures, best and median accuracy, mean training time."""
+    df = store.read()
+    if df.empty:
+        return "(no runs recorded)"
+    df = df.assign(backbone=df.get("cfg_backbone", "?"), ok=df["status"] == STATUS_OK)
+    rows = []
+    for (ds, bb), g in df.groupby(["dataset_id", "backbone"], sort=True):
+        okg = g[g["ok"]]
+        rows.append((ds, bb, len(g), int((~g["ok"]).sum()),
+                     f"{okg['accuracy'].max():.3f}" if len(okg) else "-",
+                     f"{okg['accuracy'].median():.3f}" if len(okg) else "-",
+                     f"{okg['cost_seconds'].mean():.1f}" if len(okg) else "-"))
+    header = ("dataset", "backbone", "runs", "failed", "best_acc", "median_acc", "mean_s")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)])
+
+
+def main() -> None:
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="sweep")
+    def _app(cfg) -> None:
+        try:
+            run_sweep(cfg)
+        except MetallmixError as exc:
+            print(f"metallmix sweep: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates ./.venv holding metallmix (editable) with every dependency and the test tools. Idempotent:
+# run it again after pulling. Needs only Python >= 3.11 and pip (package registries reachable).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# torch/torchvision pins known to work on this project's machines (CPU runs of the CUDA build on
+# x86_64); elsewhere pip chooses. On a GPU cluster, install the torch build matching its CUDA first.
+constraints=()
+[ -f "constraints/$(uname -m).txt" ] && constraints=(-c "constraints/$(uname -m).txt")
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e '.[test]'
+echo "metallmix installed in $(pwd)/.venv"
