@@ -168,8 +168,15 @@ def make_row(
     return row
 
 
+_DTYPES = {"int": "int64", "str": "string", "str?": "string", "float?": "float64"}
+
+
 def validate_rows(df: pd.DataFrame, source: str = "meta-dataset") -> pd.DataFrame:
-    """Check a meta-dataset table against the schema; raise SchemaError saying what to fix."""
+    """Check a meta-dataset table against the schema; raise SchemaError saying what to fix.
+
+    Returns the table with the schema's columns in their canonical dtypes (so that tables read
+    from different files compare and concatenate alike).
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise SchemaError(f"{source} lacks the columns {missing}; a metallmix meta-dataset needs {list(REQUIRED_COLUMNS)}")
@@ -177,6 +184,11 @@ def validate_rows(df: pd.DataFrame, source: str = "meta-dataset") -> pd.DataFram
         raise SchemaError(f"{source} has no meta-feature columns (names starting with {MF_PREFIX!r})")
     if not config_columns(df):
         raise SchemaError(f"{source} has no config columns (names starting with {CFG_PREFIX!r})")
+    try:
+        df = df.astype({c: _DTYPES[t] for c, t in REQUIRED_COLUMNS.items()})
+        df = df.astype({c: "float64" for c in meta_feature_columns(df)})
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{source}: a column has values of the wrong type ({exc}); see metallmix.metadataset.schema") from exc
     if len(df) == 0:
         return df
     versions = set(pd.unique(df["schema_version"]))
