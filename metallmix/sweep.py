@@ -228,22 +228,23 @@ def build_row(spec: Mapping[str, Any], prepared: PreparedDataset, space_name: st
     )
 
 
-def sweep_trial(tune_config: dict[str, Any], *, datasets: dict[str, PreparedDataset], space_name: str,
+def sweep_trial(tune_config: dict[str, dict[str, Any]], *, datasets: dict[str, PreparedDataset], space_name: str,
                 provenance: dict[str, Any], allow_download: bool) -> None:
     """The Tune trainable: one real training run, reported per epoch, then its meta-dataset row."""
     from ray import tune
 
-    prepared = datasets[tune_config["dataset_id"]]
+    spec = tune_config["trial"]
+    prepared = datasets[spec["dataset_id"]]
     provenance = {**provenance, "hardware": worker_hardware()}
     num_threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
     try:
-        result = train_run(tune_config["config"], prepared.dataset, seed=tune_config["seed"],
+        result = train_run(spec["config"], prepared.dataset, seed=spec["seed"],
                            num_threads=num_threads, allow_download=allow_download,
                            report=lambda epoch: tune.report({k: v for k, v in epoch.items()}))
-        row = build_row(tune_config, prepared, space_name, provenance, result, None)
+        row = build_row(spec, prepared, space_name, provenance, result, None)
     except Exception as exc:  # noqa: BLE001 - a failed run is data: recorded, never dropped
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-        row = build_row(tune_config, prepared, space_name, provenance, None, error)
+        row = build_row(spec, prepared, space_name, provenance, None, error)
     tune.report({"row_json": canonical_json(row), "status": row["status"],
                  "accuracy": row["accuracy"] if row["accuracy"] is not None else float("nan")})
 
@@ -279,7 +280,7 @@ def _recorder_callback(store: MetaDatasetStore, plan: SweepPlan, space_name: str
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # The worker died (killed, out of memory) more often than FailureConfig retries: a failed row.
-            spec = trial.config
+            spec = trial.config["trial"]
             if spec["run_id"] in store.run_ids():
                 return
             error = f"trial errored in Ray (worker died or was killed): {getattr(trial, 'error_file', '') or ''}"
