@@ -1,0 +1,283 @@
+"""The ``metallmix`` command line: ``recommend`` a config for a dataset, ``evaluate`` the recommender.
+
+    metallmix recommend --meta-dataset SPEC (--dataset PATH_OR_NAME | --meta-features JSON_OR_FILE)
+                        [--budget-minutes N] [--max-params N] [--backbones a,b] [--max-p-fail P]
+                        [--top-k K] [--json] [--model-dir DIR] [--cache-dir DIR]
+    metallmix evaluate --meta-dataset SPEC --protocol leave-one-dataset-out [--json OUT]
+
+Without ``--model-dir``, ``recommend`` fits a Recommender on the meta-dataset once and caches it under
+``CACHE_DIR/recommenders/v<format>/<content hash>`` (``--cache-dir``, else $METALLMIX_CACHE_DIR, else
+~/.cache/metallmix), so later calls on the same meta-dataset only load it. Bad input ends with one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from metallmix.errors import ConfigError, MetallmixError
+
+EXIT_USAGE = 2
+PROTOCOLS = ("leave-one-dataset-out",)
+CACHE_ENV = "METALLMIX_CACHE_DIR"
+PARAM_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except MetallmixError as exc:
+        print(f"metallmix: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("metallmix: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metallmix",
+        description="Zero-shot recommendation of a pretrained backbone and fine-tuning hyperparameters.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rec = commands.add_parser("recommend", help="recommend a config for a dataset, with evidence")
+    rec.add_argument("--meta-dataset", metavar="SPEC",
+                     help="meta-dataset spec: PATH.parquet, a store folder, or quicktune:DIR")
+    source = rec.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="PATH_OR_NAME",
+                        help="a MedMNIST .npz file, an image folder, or a registered name (breastmnist, retinamnist@64)")
+    source.add_argument("--meta-features", metavar="JSON_OR_FILE",
+                        help='meta-features as a JSON object (\'{"n_classes": 2, ...}\') or a JSON file')
+    rec.add_argument("--budget-minutes", type=_positive_float, metavar="N", help="maximum predicted training time")
+    rec.add_argument("--max-params", type=_param_count, metavar="N", help="maximum backbone parameters (e.g. 25e6 or 25M)")
+    rec.add_argument("--backbones", type=_name_list, metavar="A,B", help="allowed backbones, comma-separated")
+    rec.add_argument("--max-p-fail", type=_probability, metavar="P", help="avoid configs whose predicted failure risk exceeds P")
+    rec.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="shortlist length (default 5)")
+    rec.add_argument("--json", action="store_true", help="print the recommendation as JSON (schema: recommendation.schema.json)")
+    rec.add_argument("--model-dir", metavar="DIR",
+                     help="a saved Recommender; if DIR holds none, fit one on --meta-dataset and save it there")
+    rec.add_argument("--cache-dir", metavar="DIR", help=f"cache of fitted recommenders (default ${CACHE_ENV} or ~/.cache/metallmix)")
+    rec.add_argument("--shap-summary", metavar="PNG", help="also write a SHAP summary plot of the accuracy model")
+    rec.set_defaults(run=run_recommend)
+
+    ev = commands.add_parser("evaluate", help="replay zero-shot picks on a recorded meta-dataset")
+    ev.add_argument("--meta-dataset", metavar="SPEC", required=True)
+    ev.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0])
+    ev.add_argument("--objective", default="regression", help="the meta-learner's ranking objective (see metallmix.metalearner.OBJECTIVES)")
+    ev.add_argument("--datasets", type=_name_list, metavar="A,B", help="held-out datasets to evaluate (default: all)")
+    ev.add_argument("--no-baselines", action="store_true", help="skip the random-k, plain-surrogate and nearest-dataset baselines")
+    ev.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+    ev.set_defaults(run=run_evaluate)
+    return parser
+
+
+# ------------------------------------------------------------------ recommend
+def run_recommend(args: argparse.Namespace) -> int:
+    from metallmix.recommend import Constraints, recommend_for_dataset
+    from metallmix.schemas import validate
+
+    recommender = obtain_recommender(args.meta_dataset, args.model_dir, args.cache_dir)
+    constraints = Constraints(
+        budget_minutes=args.budget_minutes,
+        max_params=args.max_params,
+        backbones=tuple(args.backbones) if args.backbones else None,
+        max_p_fail=args.max_p_fail,
+    )
+    document = recommend_for_dataset(
+        recommender,
+        dataset=args.dataset,
+        meta_features=args.meta_features,
+        constraints=constraints,
+        top_k=args.top_k,
+    )
+    validate(document)
+    if args.shap_summary:
+        recommender.explainer_.save_summary_plot(args.shap_summary)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_recommendation(document, source=args.dataset or "the given meta-features"))
+        if args.shap_summary:
+            print(f"SHAP summary plot: {args.shap_summary}")
+    return 0
+
+
+def obtain_recommender(spec: str | None, model_dir: str | None, cache_dir: str | None):
+    """A saved Recommender from ``model_dir``, else one fitted on ``spec`` (cached by content hash)."""
+    from metallmix.metadataset import load_meta_dataset
+
+    if model_dir and (Path(model_dir) / "manifest.json").is_file():
+        from metallmix.recommend import Recommender, content_hash
+
+        recommender = Recommender.load(model_dir)
+        if spec is not None:
+            wanted = content_hash(load_meta_dataset(spec))
+            if wanted != recommender.meta_dataset_["content_hash"]:
+                raise ConfigError(
+                    f"the recommender in {model_dir} was fitted on another meta-dataset than {spec} "
+                    f"(content hash {recommender.meta_dataset_['content_hash']} vs {wanted}); drop --model-dir or use a fresh one"
+                )
+        return recommender
+    if spec is None:
+        raise ConfigError("give --meta-dataset SPEC (or --model-dir of a saved recommender)")
+    df = load_meta_dataset(spec)  # before the heavy imports below: a bad spec fails fast
+    from metallmix.recommend import FORMAT_VERSION, MANIFEST_FILE, Recommender, content_hash
+
+    if model_dir:
+        target = Path(model_dir)
+    else:
+        target = cache_root(cache_dir) / "recommenders" / f"v{FORMAT_VERSION}" / content_hash(df)
+        if (target / MANIFEST_FILE).is_file():
+            try:
+                return Recommender.load(target)
+            except (ConfigError, OSError) as exc:
+                print(f"metallmix: the cached recommender in {target} is unreadable ({exc}); refitting", file=sys.stderr)
+                shutil.rmtree(target, ignore_errors=True)
+    print(f"metallmix: fitting a recommender on {spec} ({len(df)} runs); saving it in {target}", file=sys.stderr)
+    recommender = Recommender().fit(df, spec=spec)
+    _save_atomically(recommender, target)
+    return recommender
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "metallmix").expanduser()
+
+
+def _save_atomically(recommender: Any, target: Path) -> None:
+    """Save into a temporary sibling folder, then rename: readers never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        recommender.save(tmp)
+        if target.exists() and not any(target.iterdir()):
+            target.rmdir()
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"cannot save the recommender in {target} ({exc}); choose another --model-dir or --cache-dir") from exc
+
+
+def format_recommendation(doc: dict[str, Any], source: str) -> str:
+    """The recommendation as a readable report: pick, shortlist table, evidence, warnings."""
+    md = doc["meta_dataset"]
+    lines = [f"Recommendation for {source} (meta-dataset {md['spec']}: {md['n_runs']} runs, {md['n_datasets']} datasets)"]
+    if doc["degraded"]:
+        lines.append("DEGRADED ANSWER: see warnings below")
+    lines += ["", doc["explanation"], "", "Shortlist:"]
+    header = f"{'rank':>4}  {'candidate':<16}  {'backbone':<30}  {'params':>7}  {'accuracy':>8}  {'80% range':>15}  {'time':>8}  {'p_fail':>6}  pareto"
+    lines += [header, "-" * len(header)]
+    for item in doc["shortlist"]:
+        p = item["predicted"]
+        params = item["param_count"]["value"]
+        size = f"{params / 1e6:.1f}M" if params is not None else "?"
+        interval = f"{p['accuracy_low']:.1%}-{p['accuracy_high']:.1%}"
+        lines.append(
+            f"{item['rank']:>4}  {item['candidate_id']:<16}  {str(item['backbone'] or '-'):<30.30}  {size:>7}  "
+            f"{p['accuracy']:>8.1%}  {interval:>15}  {_minutes(p['train_seconds']):>8}  "
+            f"{p['p_fail']:>6.2f}  {'*' if item['pareto_optimal'] else ''}"
+        )
+    lines += ["", "Recommended config:"]
+    lines += [f"  {key} = {value}" for key, value in sorted(doc["config"].items())]
+    lines += ["", "SHAP evidence (accuracy points):"]
+    for explanation in doc["evidence"]["shap"]:
+        lines.append(f"  {explanation['candidate_id']}: {explanation['text']}")
+    lines += ["", "Nearest past datasets:"]
+    for hit in doc["evidence"]["neighbours"]:
+        best = hit["top_configs"][0] if hit["top_configs"] else None
+        detail = f"best {best['accuracy']:.1%} in {_minutes(best['cost_seconds'])}" if best else "no ok run"
+        lines.append(f"  {hit['dataset_id']:<24} distance {hit['distance']:.2f}  {detail}")
+    c = doc["constraints"]
+    applied = ", ".join(f"{name}={c['requested'][name]} (excludes {c['excluded_by'][name]})" for name in c["applied"]) or "none"
+    lines += ["", f"Constraints: {applied}; {c['n_feasible']} of {c['n_candidates']} candidates feasible"]
+    front = ", ".join(f"{p['accuracy']:.1%} in {_minutes(p['train_seconds'])}" for p in doc["pareto_front"][:8])
+    lines.append(f"Pareto front (accuracy vs time, {len(doc['pareto_front'])} configs): {front}")
+    if doc["warnings"]:
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in doc["warnings"]]
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# ------------------------------------------------------------------- evaluate
+def run_evaluate(args: argparse.Namespace) -> int:
+    from metallmix.evaluate import evaluate_lodo, format_table
+    from metallmix.metadataset import load_meta_dataset
+
+    df = load_meta_dataset(args.meta_dataset)
+    result = evaluate_lodo(
+        df,
+        baselines=not args.no_baselines,
+        datasets=args.datasets,
+        learner_params={"objective": args.objective},
+    )
+    print(f"Leave-one-dataset-out normalised regret on {args.meta_dataset} (0 = best config of the dataset, 1 = worst)")
+    print(format_table(result))
+    if args.json:
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot write --json {args.json} ({exc})") from exc
+    return 0
+
+
+# -------------------------------------------------------------- argument types
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _param_count(text: str) -> float:
+    """'25000000', '25e6' or '25M' (K, M, G/B suffixes) -> 25e6."""
+    scale = PARAM_SUFFIXES.get(text[-1:].lower(), 1.0) if text else 1.0
+    number = text[:-1] if scale != 1.0 else text
+    return _positive_float(number) * scale
+
+
+def _name_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+if __name__ == "__main__":
+    sys.exit(main())
