@@ -262,10 +262,16 @@ def _recorder_callback(store: MetaDatasetStore, plan: SweepPlan, space_name: str
         def __init__(self) -> None:
             self.recorded = 0
             self.started = time.monotonic()
+            configs = [t.config for t in plan.trials]
+            keys = sorted({k for c in configs for k in c})
+            # Show what tells runs apart: the backbone and every hyperparameter the plan varies.
+            self.shown = ["backbone"] + [k for k in keys if k != "backbone"
+                                         and len({canonical_json(c.get(k)) for c in configs}) > 1]
 
         def _progress(self, row: dict[str, Any]) -> None:
             self.recorded += 1
-            cfg = json.dumps(row_config(row), default=str)
+            config = row_config(row)
+            cfg = " ".join(f"{k}={config.get(k)}" for k in self.shown)
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
             secs = "-" if row["cost_seconds"] is None else f"{row['cost_seconds']:.1f}s"
             elapsed = time.monotonic() - self.started
