@@ -11,8 +11,8 @@ A Quick-Tune folder holds::
 
 Each curve becomes one run row: accuracy = best epoch / 100, cost_seconds = sum of its epoch
 seconds, n_epochs = curve length. Status rule, read off the data (every dataset's complete runs
-have 50 epochs; about 37% of the runs stopped after their first epoch, mostly at chance accuracy
-within seconds, and the rest of the short runs stopped part-way, most of them at the ~16 h budget):
+have 50 epochs; a third of the runs stopped after their first epoch, mostly at chance accuracy and
+within seconds; 424 of the other 511 short runs stopped after more than 80% of the ~16 h budget):
 
 - ``ok``: the curve has the full length of its dataset (the longest curve recorded for it);
 - ``failed``: the curve holds no finite value, or the run stopped after its first epoch in less
