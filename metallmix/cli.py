@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from metallmix.errors import ConfigError, MetallmixError
+from metallmix.metadataset.store import DEFAULT_META_DATASET
 
 EXIT_USAGE = 2
 PROTOCOLS = ("leave-one-dataset-out",)
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     rec = commands.add_parser("recommend", help="recommend a config for a dataset, with evidence")
-    rec.add_argument("--meta-dataset", metavar="SPEC",
-                     help="meta-dataset spec: PATH.parquet, a store folder, or quicktune:DIR")
+    rec.add_argument("--meta-dataset", metavar="SPEC", default=DEFAULT_META_DATASET,
+                     help="meta-dataset spec: PATH.parquet, a store folder, or quicktune:DIR "
+                          f"(default {DEFAULT_META_DATASET}: the Quick-Tune runs shipped with metallmix)")
     source = rec.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="PATH_OR_NAME",
                         help="a MedMNIST .npz file, an image folder, or a registered name (breastmnist, retinamnist@64)")

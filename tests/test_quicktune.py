@@ -12,9 +12,9 @@ import pytest
 from metallmix.errors import DataError, SchemaError
 from metallmix.metadataset.quicktune import FAILED_COST_FRACTION, import_quicktune, infer_search_space
 from metallmix.metadataset.schema import STATUS_FAILED, STATUS_OK, STATUS_TRUNCATED
-from metallmix.metadataset.store import load_meta_dataset
+from metallmix.metadataset.store import BUILTIN_QUICKTUNE, load_meta_dataset
 
-REAL_FOLDER = Path(__file__).resolve().parents[1].parent / "shared/external/quicktune-metaalbum-extended"
+REAL_FOLDER = BUILTIN_QUICKTUNE
 
 TABLE = """,lr,batch_size,cat:model:resnet,cat:model:vit,cat:opt_betas:None,"cat:opt_betas:[0.9, 0.999]"
 c1,0.001,32,1,0,1,0
@@ -118,8 +118,7 @@ def test_curve_without_finite_value_is_failed(tmp_path):
     assert df.loc["c4", "status"] == STATUS_FAILED and math.isnan(df.loc["c4", "accuracy"])
 
 
-@pytest.mark.skipif(not REAL_FOLDER.is_dir(), reason="the shared Quick-Tune folder is not in this checkout")
-def test_real_folder_against_raw_files():
+def test_builtin_folder_against_raw_files():
     df = import_quicktune(REAL_FOLDER).set_index("run_id")
     perf = json.loads((REAL_FOLDER / "curves/perf.json").read_text())
     cost = json.loads((REAL_FOLDER / "curves/cost.json").read_text())

@@ -25,6 +25,9 @@ from metallmix.errors import SchemaError
 from metallmix.metadataset.schema import STATUS_OK, validate_rows
 
 CONSOLIDATED_NAME = "metadataset.parquet"
+# The Quick-Tune runs shipped with metallmix (BSD-3-Clause; see its SOURCE.md): `quicktune:builtin`.
+BUILTIN_QUICKTUNE = Path(__file__).resolve().parent.parent / "data" / "builtin" / "quicktune-metaalbum-extended"
+DEFAULT_META_DATASET = "quicktune:builtin"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -112,13 +115,15 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
 
     - ``PATH.parquet``: a consolidated meta-dataset file;
     - ``DIR``: a metallmix store (its runs, or its metadataset.parquet);
-    - ``quicktune:DIR``: a folder in the Quick-Tune format (table.csv, curves/, meta/), imported.
+    - ``quicktune:DIR``: a folder in the Quick-Tune format (table.csv, curves/, meta/), imported;
+      ``quicktune:builtin`` is the copy shipped with metallmix (3,198 runs on 18 Meta-Album datasets).
     """
     spec = str(spec)
     if spec.startswith("quicktune:"):
         from metallmix.metadataset.quicktune import import_quicktune
 
-        return import_quicktune(spec[len("quicktune:"):])
+        folder = spec[len("quicktune:"):]
+        return import_quicktune(BUILTIN_QUICKTUNE if folder == "builtin" else folder)
     path = Path(spec)
     if path.is_file():
         return read_parquet(path)
