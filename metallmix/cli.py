@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     rec = commands.add_parser("recommend", help="recommend a config for a dataset, with evidence")
-    rec.add_argument("--meta-dataset", metavar="SPEC", default=DEFAULT_META_DATASET,
+    rec.add_argument("--meta-dataset", metavar="SPEC",
                      help="meta-dataset spec: PATH.parquet, a store folder, or quicktune:DIR "
                           f"(default {DEFAULT_META_DATASET}: the Quick-Tune runs shipped with metallmix)")
     source = rec.add_mutually_exclusive_group(required=True)
@@ -131,8 +131,7 @@ def obtain_recommender(spec: str | None, model_dir: str | None, cache_dir: str |
                     f"(content hash {recommender.meta_dataset_['content_hash']} vs {wanted}); drop --model-dir or use a fresh one"
                 )
         return recommender
-    if spec is None:
-        raise ConfigError("give --meta-dataset SPEC (or --model-dir of a saved recommender)")
+    spec = spec or DEFAULT_META_DATASET
     df = load_meta_dataset(spec)  # before the heavy imports below: a bad spec fails fast
     from metallmix.recommend import FORMAT_VERSION, MANIFEST_FILE, Recommender, content_hash
 

@@ -73,8 +73,8 @@ def test_other_bad_input_in_process(meta_dataset_file: Path, cache: Path, capsys
         main(["recommend", "--meta-dataset", str(meta_dataset_file)])
     assert exit_info.value.code == 2
     assert "one of the arguments --dataset --meta-features is required" in capsys.readouterr().err
-    assert main(["recommend", "--meta-features", "{}"]) == 2
-    assert "give --meta-dataset SPEC" in capsys.readouterr().err
+    assert main(["recommend", "--meta-features", "{}"]) == 2  # on the default meta-dataset, quicktune:builtin
+    assert "no meta-feature given" in capsys.readouterr().err
 
 
 def test_readable_report_and_errors_in_process(meta_dataset_file: Path, cache: Path, tmp_path, capsys) -> None:
