@@ -350,7 +350,8 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial": tune.grid_search([t.as_tune_config() for t in plan.trials])},
-                tune_config=tune.TuneConfig(max_concurrent_trials=cfg.get("max_concurrent_trials")),
+                tune_config=tune.TuneConfig(max_concurrent_trials=cfg.get("max_concurrent_trials"),
+                                            reuse_actors=bool(cfg.get("reuse_actors", True))),
                 run_config=tune.RunConfig(
                     name=f"metallmix-sweep-{space_name}",
                     storage_path=cfg.get("tune_storage") or None,
