@@ -3,6 +3,7 @@
     metallmix recommend --meta-dataset SPEC (--dataset PATH_OR_NAME | --meta-features JSON_OR_FILE)
                         [--budget-minutes N] [--max-params N] [--backbones a,b] [--max-p-fail P]
                         [--top-k K] [--json] [--model-dir DIR] [--cache-dir DIR]
+                        [--llm MODEL_OR_none [--judge-llm MODEL] [--description TEXT]] [--server URL]
     metallmix evaluate --meta-dataset SPEC --protocol leave-one-dataset-out [--json OUT]
 
 Without ``--model-dir``, ``recommend`` fits a Recommender on the meta-dataset once and caches it under
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a saved Recommender; if DIR holds none, fit one on --meta-dataset and save it there")
     rec.add_argument("--cache-dir", metavar="DIR", help=f"cache of fitted recommenders (default ${CACHE_ENV} or ~/.cache/metallmix)")
     rec.add_argument("--shap-summary", metavar="PNG", help="also write a SHAP summary plot of the accuracy model")
+    rec.add_argument("--llm", default="none", metavar="MODEL_OR_none",
+                     help="let an LLM pick from the shortlist and justify it: a conf/llm name (smollm2, "
+                          "qwen2_5_coder_1_5b, ...), a model folder, an OpenAI-compatible http(s)://.../v1 URL, "
+                          "or none (default: the meta-learner's pick with a template explanation)")
+    rec.add_argument("--judge-llm", default="same", metavar="MODEL", help="the judge's model (default: same as --llm)")
+    rec.add_argument("--server", metavar="URL", help="ask a running metallmix Serve app (serving/) instead of working in-process")
+    rec.add_argument("--description", metavar="TEXT", help="a free-text description of the dataset for the LLM (treated as untrusted data)")
     rec.set_defaults(run=run_recommend)
 
     ev = commands.add_parser("evaluate", help="replay zero-shot picks on a recorded meta-dataset")
@@ -86,30 +94,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ recommend
 def run_recommend(args: argparse.Namespace) -> int:
-    from metallmix.recommend import Constraints, recommend_for_dataset
-    from metallmix.schemas import validate
+    from metallmix.llm import recommend_via_server, recommend_with_llm, validate_recommendation
+    from metallmix.recommend import Constraints, parse_meta_features
 
-    recommender = obtain_recommender(args.meta_dataset, args.model_dir, args.cache_dir)
     constraints = Constraints(
         budget_minutes=args.budget_minutes,
         max_params=args.max_params,
         backbones=tuple(args.backbones) if args.backbones else None,
         max_p_fail=args.max_p_fail,
     )
-    document = recommend_for_dataset(
-        recommender,
-        dataset=args.dataset,
-        meta_features=args.meta_features,
-        constraints=constraints,
-        top_k=args.top_k,
-    )
-    validate(document)
+    recommender = None
+    if args.server:
+        document = recommend_via_server(
+            args.server,
+            meta_features=parse_meta_features(args.meta_features) if args.meta_features else None,
+            dataset=args.dataset,
+            constraints={k: v for k, v in constraints.requested().items() if v is not None},
+            top_k=args.top_k,
+            description=args.description,
+            llm=args.llm != "none",
+        )
+    else:
+        recommender = obtain_recommender(args.meta_dataset, args.model_dir, args.cache_dir)
+        document = recommend_with_llm(
+            recommender,
+            meta_features=args.meta_features,
+            dataset=args.dataset,
+            constraints=constraints,
+            top_k=args.top_k,
+            engine=args.llm,
+            judge_engine=args.judge_llm,
+            description=args.description,
+        )
+    validate_recommendation(document)
     if args.shap_summary:
+        if recommender is None:
+            raise ConfigError("--shap-summary needs the recommender in this process; drop --server")
         recommender.explainer_.save_summary_plot(args.shap_summary)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
         print(format_recommendation(document, source=args.dataset or "the given meta-features"))
+        if "judge" in document:
+            print(f"\nJudge scores: {json.dumps(document['judge'].get('scores'))}")
+        if document.get("llm", {}).get("fallback"):
+            print(f"LLM fallback: {document['llm'].get('fallback_reason')} (the meta-learner's top candidate is kept)")
         if args.shap_summary:
             print(f"SHAP summary plot: {args.shap_summary}")
     return 0
