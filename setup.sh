@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates ./.venv holding metallmix (editable) with every dependency and the test tools. Idempotent:
-# run it again after pulling. Needs only Python >= 3.11 and pip (package registries reachable).
+# Creates ./.venv holding metallmix (editable) with every dependency and the test tools, then
+# ./.venv-llm for the LLM step (setup_llm.sh). Idempotent: run it again after pulling. Needs only
+# Python >= 3.11 and pip (package registries reachable).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -11,3 +12,7 @@ constraints=()
 [ -f "constraints/$(uname -m).txt" ] && constraints=(-c "constraints/$(uname -m).txt")
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e '.[test]'
 echo "metallmix installed in $(pwd)/.venv"
+# The LLM step's own environment (.venv-llm: vLLM + the default model); METALLMIX_SKIP_LLM=1 skips it.
+if [ "${METALLMIX_SKIP_LLM:-0}" != 1 ]; then
+    bash setup_llm.sh
+fi
