@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_SPEC = "quicktune:" + str(ROOT.parent / "shared" / "external" / "quicktune-metaalbum-extended")
+DEFAULT_SPEC = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
 VARIANTS = {
     "llm": {"include_shap": True, "include_neighbours": True},
     "llm_no_shap": {"include_shap": False, "include_neighbours": True},

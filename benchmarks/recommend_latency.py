@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/recommend_latency.py [--meta-dataset SPEC] [--calls 60] [--top-k 5]
 
-Loads the meta-dataset (default: the Quick-Tune one under ../shared/external), fits a Recommender
+Loads the meta-dataset (default: quicktune:builtin, the Quick-Tune runs shipped with metallmix), fits a Recommender
 (meta-learner + FAISS index + SHAP explainer) on all of it, saves and reloads it, then times
 ``recommend()`` on ``--calls`` queries: each training dataset's meta-features scaled by a random factor
 (seeded), a third of the calls with no constraint, a third with a time budget, a third with a
@@ -25,7 +25,7 @@ from metallmix.metadataset import load_meta_dataset
 from metallmix.recommend import Recommender
 from metallmix.retrieval import dataset_meta_features
 
-DEFAULT_SPEC = "quicktune:" + str(Path(__file__).resolve().parents[2] / "shared" / "external" / "quicktune-metaalbum-extended")
+DEFAULT_SPEC = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
 COUNT_FEATURES = ("n_images", "n_classes", "class_size_mean")
 
 

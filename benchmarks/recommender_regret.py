@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/recommender_regret.py [--meta-dataset SPEC] [--objective regression]
         [--fail-penalty 0] [--n-ensemble 20] [--seeds 0] [--calls 200] [--json OUT] [--no-lodo]
 
-Default meta-dataset: the Quick-Tune one under ../shared/external (18 datasets, 3,198 runs). Prints
+Default meta-dataset: quicktune:builtin, the Quick-Tune runs shipped with metallmix (18 datasets, 3,198 runs). Prints
 the per-dataset normalised regret of the meta-learner's pick next to the baselines (random search with
 k = 1, 3, 10, 30 trials, the plain XGBoost surrogate, the best config of the nearest dataset), then the
 time to fit on the whole meta-dataset (target < 60 s) and the latency of predict() for 200 candidate
@@ -24,7 +24,7 @@ from metallmix.evaluate import evaluate_lodo, format_table
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metalearner import MetaLearner, candidate_configs
 
-DEFAULT_SPEC = "quicktune:" + str(Path(__file__).resolve().parents[2] / "shared" / "external" / "quicktune-metaalbum-extended")
+DEFAULT_SPEC = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
 N_CANDIDATES = 200
 
 

@@ -34,7 +34,7 @@ from metallmix.llm.pipeline import LLMOptions, choose_candidate, judge_pick, val
 from metallmix.llm.prompt import PromptOptions
 from serving.engine import DeploymentEngine, EngineDeployment
 
-DEFAULT_META_DATASET = "quicktune:" + str(REPO_ROOT.parent / "shared" / "external" / "quicktune-metaalbum-extended")
+DEFAULT_META_DATASET = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
 DATASET_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9]{1,4})?$"
 MAX_DESCRIPTION_CHARS = 100_000
 MAX_TOP_K = 20
