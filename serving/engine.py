@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import serve
 
-from metallmix.llm.engines import Generation, GenerationRequest, VLLMEngine
+from metallmix.llm.engines import Generation, GenerationRequest, VLLMActor
 
 # Backpressure (docs/llm.md): vLLM batches the requests a replica holds, so a replica takes 8 at once
 # (more only lengthens every answer on a CPU); up to 64 more wait in Serve's queue, beyond which the
@@ -30,18 +30,11 @@ ENGINE_MAX_QUEUED_REQUESTS = 64
     health_check_timeout_s=60,
     graceful_shutdown_timeout_s=30,
 )
-class EngineDeployment:
-    """One vLLM engine; ``generate`` takes and returns plain dicts (GenerationRequest / Generation)."""
+class EngineDeployment(VLLMActor):
+    """One vLLM engine; ``generate`` takes and returns plain dicts (GenerationRequest / Generation).
 
-    def __init__(self, settings: dict[str, Any]):
-        self.engine = VLLMEngine(settings)
-
-    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
-        return asdict(await self.engine.generate(GenerationRequest(**request)))
-
-    async def check_health(self) -> None:
-        """Serve's periodic health check: raises when vLLM's engine core is dead."""
-        await self.engine.check_health()
+    Serve calls the inherited ``check_health`` periodically: it raises when vLLM's engine core is dead.
+    """
 
     async def health(self) -> dict[str, Any]:
         """The same check, callable through a handle."""
