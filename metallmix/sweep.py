@@ -240,7 +240,7 @@ def sweep_trial(tune_config: dict[str, dict[str, Any]], *, datasets: dict[str, P
     try:
         result = train_run(spec["config"], prepared.dataset, seed=spec["seed"],
                            num_threads=num_threads, allow_download=allow_download,
-                           report=lambda epoch: tune.report({k: v for k, v in epoch.items()}))
+                           report=lambda epoch: tune.report(dict(epoch)))
         row = build_row(spec, prepared, space_name, provenance, result, None)
     except Exception as exc:  # noqa: BLE001 - a failed run is data: recorded, never dropped
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
