@@ -1,0 +1,4 @@
+from metallmix.bench.run import main
+
+if __name__ == "__main__":
+    main()

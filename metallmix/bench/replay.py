@@ -1,0 +1,252 @@
+"""Replay mode: a trial's outcome is looked up from recorded runs, its recorded cost is simulated time.
+
+As in tabular HPO benchmarks (HPO-B, YAHPO Gym's lookup mode), the held-out dataset's recorded runs
+are the whole world: a trial "trains" a recorded configuration by replaying its learning curve, epoch
+by epoch (``val_accuracy`` and the epoch's recorded seconds), so Tune's schedulers can stop or pause
+it early. ``simulate_search`` plays the part of Tune's trial controller for one sequential worker:
+it asks the scheduler which trial to run, asks the searcher for new trials, feeds every epoch's
+result to both, and advances a simulated clock by the recorded epoch seconds. The searchers and
+schedulers are Tune's own objects, called through their public interface
+(``Searcher.suggest/on_trial_result/on_trial_complete``, ``TrialScheduler.on_trial_add/
+on_trial_result/on_trial_complete/choose_trial_to_run``).
+
+A run recorded as failed (no finite accuracy) replays as one epoch at the dataset's worst accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metallmix.bench.search import METRIC, TIME_ATTR
+from metallmix.bench.space import CANDIDATE_KEY
+from metallmix.errors import ConfigError, DataError
+
+EPOCH_SECONDS_KEYS = ("epoch_seconds", "seconds")  # metallmix sweeps, Quick-Tune imports
+
+
+@dataclass
+class RecordedRun:
+    """One recorded run of the held-out dataset: its curve and final accuracy."""
+
+    val_accuracy: list[float]  # per epoch
+    epoch_seconds: list[float]  # per epoch
+    accuracy: float  # the recorded final accuracy (test accuracy of metallmix sweeps)
+
+    @property
+    def n_epochs(self) -> int:
+        return len(self.val_accuracy)
+
+    @property
+    def cost_seconds(self) -> float:
+        return float(sum(self.epoch_seconds))
+
+
+class RecordedOutcomes:
+    """The recorded runs of one dataset, keyed by run_id (the candidate ids of replay mode)."""
+
+    def __init__(self, held_out: pd.DataFrame):
+        if held_out.empty:
+            raise DataError("the held-out dataset has no recorded runs to replay")
+        accuracy = held_out["accuracy"].astype(float)
+        if accuracy.isna().all():
+            raise DataError(f"dataset {held_out['dataset_id'].iloc[0]!r} has no run with an accuracy; nothing to replay")
+        self.best = float(accuracy.max())
+        self.worst = float(accuracy.min())
+        self.runs: dict[str, RecordedRun] = {}
+        for row in held_out.itertuples(index=False):
+            final = self.worst if pd.isna(row.accuracy) else float(row.accuracy)
+            self.runs[str(row.run_id)] = _recorded_run(json.loads(row.curve_json), final, self.worst,
+                                                       row.cost_seconds)
+
+    @property
+    def max_epochs(self) -> int:
+        return max(run.n_epochs for run in self.runs.values())
+
+    def median_cost(self) -> float:
+        return float(np.median([run.cost_seconds for run in self.runs.values()]))
+
+
+def _recorded_run(curve: list[dict[str, Any]], final: float, worst: float, cost_seconds: Any) -> RecordedRun:
+    values = [_finite_or_none(e.get("val_accuracy")) for e in curve]
+    seconds = [next((float(e[k]) for k in EPOCH_SECONDS_KEYS if _finite_or_none(e.get(k)) is not None), 0.0)
+               for e in curve]
+    if not curve or all(v is None for v in values):  # failed run: one epoch at the worst accuracy
+        total = _finite_or_none(cost_seconds) or sum(seconds)
+        return RecordedRun([worst], [total], final)
+    running = worst
+    filled = []
+    for v in values:  # an epoch without a value repeats the previous one
+        running = running if v is None else v
+        filled.append(running)
+    return RecordedRun(filled, seconds, final)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# the simulated controller
+
+
+@dataclass
+class SearchBudget:
+    """Stop starting trials after ``trials`` configurations or ``time_s`` simulated training seconds
+    (None: no limit on that axis; at least one must be set)."""
+
+    trials: int | None = None
+    time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials is None and self.time_s is None:
+            raise ConfigError("set a trial budget (budget.trials) or a time budget (budget.time_s), or both")
+
+
+@dataclass
+class TrialRecord:
+    config_id: str
+    recorded_accuracy: float  # of the run, had it run to its end
+    epochs: int = 0
+    seconds: float = 0.0
+    best_val: float = -math.inf
+    completed: bool = False  # ran to the end of its recorded curve
+
+    @property
+    def accuracy(self) -> float:
+        """What the trial achieved: the recorded accuracy when it ran to the end, else its best
+        validation accuracy so far."""
+        return self.recorded_accuracy if self.completed else self.best_val
+
+
+@dataclass
+class SearchOutcome:
+    trials: list[TrialRecord]
+    trajectory: list[dict[str, float]]  # incumbent accuracy each time it changed, at simulated training time
+    training_seconds: float
+    incumbent: str | None  # config id of the best trial
+    accuracy: float | None
+
+
+class _Controller:
+    """What Tune's schedulers call on the trial controller, for the simulated sequential run."""
+
+    def __init__(self, searcher: Any):
+        from types import SimpleNamespace
+
+        self.search_alg = SimpleNamespace(searcher=searcher)
+        self.trials: list[Any] = []
+        self.stopped: list[Any] = []
+
+    def get_trials(self) -> list[Any]:
+        return self.trials
+
+    def stop_trial(self, trial: Any) -> None:
+        """A scheduler stops a paused or pending trial (HyperBand's successive halving)."""
+        self.stopped.append(trial)
+
+
+def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, budget: SearchBudget) -> SearchOutcome:
+    """Run a Tune searcher + scheduler over recorded runs with one simulated sequential worker."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    controller = _Controller(searcher)
+    records: dict[str, TrialRecord] = {}
+    clock = 0.0
+    trajectory: list[dict[str, float]] = []
+    search_finished = False
+
+    def budget_left() -> bool:
+        return budget.time_s is None or clock < budget.time_s
+
+    def finish(trial: Trial, result: dict) -> None:
+        trial.set_status(Trial.TERMINATED)
+        scheduler.on_trial_complete(controller, trial, result)
+        searcher.on_trial_complete(trial.trial_id, result=result)
+
+    def process_stops() -> None:  # as TuneController.stop_trial does for paused and pending trials
+        while controller.stopped:
+            trial = controller.stopped.pop()
+            if trial.status in (Trial.PAUSED, Trial.PENDING):
+                trial.set_status(Trial.TERMINATED)
+                scheduler.on_trial_remove(controller, trial)
+                searcher.on_trial_complete(trial.trial_id)
+
+    def incumbent() -> tuple[str | None, float | None]:
+        """The trial with the best validation accuracy (earliest on ties) and what it achieved."""
+        if not records:
+            return None, None
+        best = max(records.values(), key=lambda r: r.best_val)  # max keeps the first of equals
+        return best.config_id, best.accuracy
+
+    while budget_left():
+        trial = scheduler.choose_trial_to_run(controller)
+        process_stops()
+        if trial is None:
+            if search_finished or (budget.trials is not None and len(records) >= budget.trials):
+                break
+            trial_id = f"{len(records):05d}"
+            suggestion = searcher.suggest(trial_id)
+            if suggestion is None or suggestion == Searcher.FINISHED:
+                search_finished = True
+                if not any(t.status == Trial.PAUSED for t in controller.trials):
+                    break
+                continue
+            config_id = str(suggestion[CANDIDATE_KEY])
+            if config_id not in outcomes.runs:
+                raise DataError(f"searcher proposed candidate {config_id!r}, which has no recorded run")
+            new = Trial("replay", config=suggestion, trial_id=trial_id, stub=True)
+            records[trial_id] = TrialRecord(config_id, outcomes.runs[config_id].accuracy)
+            controller.trials.append(new)
+            scheduler.on_trial_add(controller, new)
+            continue
+        trial.set_status(Trial.RUNNING)
+        record = records[trial.trial_id]
+        run = outcomes.runs[record.config_id]
+        result = _result(record, trial)
+        while budget_left():
+            clock += run.epoch_seconds[record.epochs]
+            record.seconds += run.epoch_seconds[record.epochs]
+            value = run.val_accuracy[record.epochs]
+            record.epochs += 1
+            record.best_val = max(record.best_val, value)
+            record.completed = record.epochs >= run.n_epochs
+            result = _result(record, trial, value)
+            decision = scheduler.on_trial_result(controller, trial, result)
+            if decision != TrialScheduler.STOP:  # Tune's order: scheduler first, searcher unless stopped
+                searcher.on_trial_result(trial.trial_id, result)
+            _, accuracy = incumbent()
+            if not trajectory or trajectory[-1]["accuracy"] != accuracy:
+                trajectory.append({"time_seconds": clock, "accuracy": accuracy})
+            process_stops()
+            if record.completed or decision == TrialScheduler.STOP:
+                break
+            if decision == TrialScheduler.PAUSE:
+                trial.set_status(Trial.PAUSED)
+                break
+        if trial.status == Trial.RUNNING:  # ran to its end, stopped, or the time budget ran out mid-trial
+            finish(trial, result)
+    best_config, accuracy = incumbent()
+    return SearchOutcome(trials=list(records.values()), trajectory=trajectory, training_seconds=clock,
+                         incumbent=best_config, accuracy=accuracy)
+
+
+def _result(record: TrialRecord, trial: Any, value: float | None = None) -> dict[str, Any]:
+    return {
+        METRIC: record.best_val if value is None else value,
+        TIME_ATTR: record.epochs,
+        "time_total_s": record.seconds,
+        "trial_id": trial.trial_id,
+        "config": trial.config,
+    }

@@ -1,0 +1,458 @@
+"""Report of a ``python -m metallmix.bench -m ...`` multirun: a Markdown table, two plots, targets.
+
+Every benchmark job (one method x one held-out dataset x one seed) writes a ``bench_result.json``
+into its job folder. This module gathers them below a multirun folder and writes, next to them:
+
+- ``report.md``: a table in the paper's shape (one row per dataset, one column per method; a cell is
+  the mean accuracy over seeds, the training time and the response time, the best accuracy of each
+  dataset in bold), summary rows (mean normalised regret, datasets won, mean times, trials), and
+  the targets the benchmark is meant to meet (each line PASS, FAIL or n/a, with its numbers);
+- ``regret_vs_time.png``: mean normalised regret of the incumbent against cumulative training time;
+- ``accuracy_vs_training_time.png``: accuracy against training time, one marker per method.
+
+Normalised regret is (best - accuracy) / (best - worst). In replay mode best and worst are the
+accuracies recorded on the dataset (the result's ``reference``). In train mode there is no record,
+so they are the best and worst accuracy of the pool of every trial and every result of that
+dataset in the folder (regret 0 when best == worst). A result that carries its own regret keeps it.
+
+Means are taken over seeds within a dataset first, then over datasets, so every dataset weighs the
+same. Command line: ``python -m metallmix.bench.report MULTIRUN_DIR [--out DIR] [--mode MODE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from metallmix.errors import ConfigError, DataError, MetallmixError
+
+RESULT_FILE_NAME = "bench_result.json"
+FORMAT_VERSION = 1
+MODES = ("replay", "train")
+REQUIRED_KEYS = (
+    "format_version", "mode", "method", "dataset", "seed", "meta_dataset", "budget", "accuracy",
+    "best_config", "normalized_regret", "reference", "recommendation_seconds", "training_seconds",
+    "time_to_within_1pct_seconds", "n_trials", "trajectory", "trials", "wall_seconds", "fit_seconds",
+)
+REQUIRED_NESTED_KEYS = {"budget": ("trials", "time_s"), "reference": ("best_accuracy", "worst_accuracy")}
+METHOD_ORDER = ("zeroshot", "zeroshot_llm", "hybrid", "random", "tpe", "asha", "bohb")
+BASELINES = ("random", "tpe", "asha", "bohb")
+MEAN_COLUMNS = ("accuracy", "training_seconds", "recommendation_seconds", "normalized_regret", "n_trials")
+REPORT_NAME = "report.md"
+REGRET_PLOT_NAME = "regret_vs_time.png"
+ACCURACY_PLOT_NAME = "accuracy_vs_training_time.png"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_results(folder: str | Path, mode: str | None = None) -> pd.DataFrame:
+    """One row per ``bench_result.json`` below ``folder``, with a ``path`` column and regrets filled in.
+
+    ``mode`` keeps only the results of that mode; without it the folder must hold a single mode.
+    Two columns are added: ``regret_best`` and ``regret_worst``, the accuracies the row's regret
+    is normalised by (its reference in replay mode, the dataset's pool in train mode).
+    """
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"results folder {root} does not exist; pass the folder a "
+                        "`python -m metallmix.bench -m ...` multirun wrote (e.g. multirun/DATE/TIME)")
+    paths = sorted(root.rglob(RESULT_FILE_NAME))
+    if not paths:
+        raise DataError(f"no {RESULT_FILE_NAME} files below {root}; pass the output folder of a "
+                        f"`python -m metallmix.bench -m ...` multirun (each job folder holds one {RESULT_FILE_NAME})")
+    results = pd.DataFrame([read_result(path) for path in paths])
+    return with_regret(select_mode(results, mode, root))
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """The result object of one file, checked for its format, plus its ``path``."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); delete it or rerun its benchmark job") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} holds a JSON {type(doc).__name__}, not a benchmark result object")
+    missing = [key for key in REQUIRED_KEYS if key not in doc]
+    if missing:
+        raise DataError(f"{path} lacks the key(s) {', '.join(missing)}; it is not a complete benchmark result")
+    if doc["format_version"] != FORMAT_VERSION:
+        raise DataError(f"{path} has format_version {doc['format_version']!r}; this report reads "
+                        f"format_version {FORMAT_VERSION}")
+    missing = [f"{parent}.{key}" for parent, keys in REQUIRED_NESTED_KEYS.items()
+               for key in keys if not isinstance(doc[parent], dict) or key not in doc[parent]]
+    if missing:
+        raise DataError(f"{path} lacks the key(s) {', '.join(missing)}; it is not a complete benchmark result")
+    if doc["mode"] not in MODES:
+        raise DataError(f"{path} has mode {doc['mode']!r}; expected one of {', '.join(MODES)}")
+    return {**doc, "path": str(path)}
+
+
+def select_mode(results: pd.DataFrame, mode: str | None, root: Path) -> pd.DataFrame:
+    """The results of ``mode``; without a mode, all of them if they share one mode."""
+    counts = results["mode"].value_counts()
+    if mode is None:
+        if len(counts) > 1:
+            found = ", ".join(f"{name} ({n} files)" for name, n in counts.items())
+            raise DataError(f"{root} mixes results of modes {found}; report one mode at a time: "
+                            "pass --mode replay or --mode train (mode= in load_results)")
+        return results.reset_index(drop=True)
+    selected = results[results["mode"] == mode]
+    if selected.empty:
+        raise DataError(f"{root} holds no results of mode {mode!r} (found: {', '.join(counts.index)})")
+    return selected.reset_index(drop=True)
+
+
+def with_regret(results: pd.DataFrame) -> pd.DataFrame:
+    """Fill null regrets from the dataset's accuracy pool and add the normalising best/worst columns."""
+    results = results.copy()
+    pool_best, pool_worst = accuracy_pools(results)
+    reference_best = pd.to_numeric(results["reference"].map(lambda ref: ref["best_accuracy"]))
+    reference_worst = pd.to_numeric(results["reference"].map(lambda ref: ref["worst_accuracy"]))
+    results["regret_best"] = reference_best.fillna(results["dataset"].map(pool_best))
+    results["regret_worst"] = reference_worst.fillna(results["dataset"].map(pool_worst))
+    computed = [normalized_regret(acc, best, worst) for acc, best, worst
+                in zip(results["accuracy"], results["regret_best"], results["regret_worst"], strict=True)]
+    own = pd.to_numeric(results["normalized_regret"])
+    results["normalized_regret"] = own.fillna(pd.Series(computed, index=results.index))
+    return results
+
+
+def accuracy_pools(results: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """Per dataset: the best and the worst of every trial accuracy and every result accuracy."""
+    pools: dict[str, list[float]] = {}
+    for row in results.itertuples():
+        pool = pools.setdefault(row.dataset, [])
+        pool.append(row.accuracy)
+        pool.extend(trial["accuracy"] for trial in row.trials)
+    finite = {dataset: [a for a in pool if a is not None and math.isfinite(a)] for dataset, pool in pools.items()}
+    return ({d: max(pool) for d, pool in finite.items() if pool}, {d: min(pool) for d, pool in finite.items() if pool})
+
+
+def normalized_regret(accuracy: float, best: float, worst: float) -> float:
+    """(best - accuracy) / (best - worst); 0 when best == worst."""
+    return 0.0 if best == worst else (best - accuracy) / (best - worst)
+
+
+# --- table ---------------------------------------------------------------------------------------
+
+
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """The paper's methods in the paper's order, then any others alphabetically."""
+    present = set(methods)
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def cell_means(results: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds, indexed by (dataset, method)."""
+    return results.groupby(["dataset", "method"])[list(MEAN_COLUMNS)].mean()
+
+
+def method_means(cells: pd.DataFrame) -> pd.DataFrame:
+    """Means over datasets of the per-dataset means, indexed by method."""
+    return cells.groupby(level="method").mean()
+
+
+def winners(cells: pd.DataFrame) -> dict[str, set[str]]:
+    """Per dataset, the methods whose mean accuracy (as shown, % with 1 decimal) is the best."""
+    shown = (cells["accuracy"] * 100).round(1)
+    return {dataset: set(group.index.get_level_values("method")[(group == group.max()).to_numpy()])
+            for dataset, group in shown.groupby(level="dataset")}
+
+
+def human_duration(seconds: float) -> str:
+    """Compact duration: seconds below 120 s, minutes below 120 min, else hours."""
+    if seconds < 1:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.1f} min" if minutes < 10 else f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
+
+
+def format_budget(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget["trials"] is not None:
+        parts.append(f"{budget['trials']} trials")
+    if budget["time_s"] is not None:
+        parts.append(human_duration(budget["time_s"]))
+    return " / ".join(parts) or "unlimited"
+
+
+def distinct_budgets(results: pd.DataFrame) -> str:
+    """The budgets of the methods that search (those with trials); of all results if none does."""
+    searching = results[results["n_trials"] > 0]
+    budgets = (searching if not searching.empty else results)["budget"]
+    return ", ".join(sorted({format_budget(budget) for budget in budgets}))
+
+
+def legend(results: pd.DataFrame) -> str:
+    """One line: what a cell shows and what the results were run under."""
+    seeds = ", ".join(str(s) for s in sorted(results["seed"].unique()))
+    meta_datasets = ", ".join(f"`{spec}`" for spec in sorted(results["meta_dataset"].unique()))
+    return (f"Cell: mean accuracy (%) over seeds {seeds} · training time · response time; best accuracy per "
+            f"dataset in **bold**. Mode: {results['mode'].iloc[0]}; budget: {distinct_budgets(results)}; "
+            f"meta-dataset: {meta_datasets}.")
+
+
+def format_cell(means: pd.Series, bold: bool) -> str:
+    accuracy = f"{means['accuracy'] * 100:.1f}"
+    accuracy = f"**{accuracy}**" if bold else accuracy
+    return (f"{accuracy} · {human_duration(means['training_seconds'])} · "
+            f"{human_duration(means['recommendation_seconds'])}")
+
+
+def markdown_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary_rows(cells: pd.DataFrame, methods: list[str]) -> list[list[str]]:
+    means = method_means(cells)
+    best = winners(cells)
+    n_datasets = len(best)
+    won = {m: sum(m in methods_won for methods_won in best.values()) for m in methods}
+    return [
+        ["mean normalised regret", *(f"{means.loc[m, 'normalized_regret']:.3f}" for m in methods)],
+        ["datasets won", *(f"{won[m]} / {n_datasets}" for m in methods)],
+        ["mean training time", *(human_duration(means.loc[m, "training_seconds"]) for m in methods)],
+        ["mean response time", *(human_duration(means.loc[m, "recommendation_seconds"]) for m in methods)],
+        ["n trials (mean)", *(f"{means.loc[m, 'n_trials']:.1f}" for m in methods)],
+    ]
+
+
+def results_table(results: pd.DataFrame) -> str:
+    """The legend line and the Markdown table: datasets x methods, then summary rows."""
+    cells = cell_means(results)
+    methods = ordered_methods(results["method"])
+    best = winners(cells)
+    lines = [legend(results), "", markdown_row(["dataset", *methods]), markdown_row(["---"] + ["---:"] * len(methods))]
+    for dataset in sorted(best):
+        row = [format_cell(cells.loc[(dataset, m)], m in best[dataset]) if (dataset, m) in cells.index else "–"
+               for m in methods]
+        lines.append(markdown_row([dataset, *row]))
+    lines.extend(markdown_row(row) for row in summary_rows(cells, methods))
+    return "\n".join(lines)
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def paired_means(cells: pd.DataFrame, method: str, other: str, column: str) -> tuple[float, float, int]:
+    """Means of ``column`` for two methods over the datasets both ran on, and how many those are."""
+    table = cells[column].unstack("method")[[method, other]].dropna()
+    return float(table[method].mean()), float(table[other].mean()), len(table)
+
+
+def zero_shot_target(results: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """Target 1: zeroshot's regret at most random's, with at most a tenth of random's training time."""
+    name = "zeroshot vs random: regret <= random's and training time <= 1/10 of random's"
+    methods = set(results["method"])
+    if not {"zeroshot", "random"} <= methods:
+        return f"n/a {name} (needs results of zeroshot and random)"
+    zs_regret, random_regret, n_datasets = paired_means(cells, "zeroshot", "random", "normalized_regret")
+    if n_datasets == 0:
+        return f"n/a {name} (zeroshot and random share no dataset)"
+    zs_time, random_time, _ = paired_means(cells, "zeroshot", "random", "training_seconds")
+    regret_ok = zs_regret <= random_regret
+    time_ok = zs_time <= random_time / 10
+    budget = distinct_budgets(results[results["method"] == "random"])
+    return (f"{'PASS' if regret_ok and time_ok else 'FAIL'} {name} (random's budget: {budget}; "
+            f"{n_datasets} datasets): regret {zs_regret:.3f} vs {random_regret:.3f} ({ok(regret_ok)}); "
+            f"training time {human_duration(zs_time)} vs 1/10 of {human_duration(random_time)} = "
+            f"{human_duration(random_time / 10)} ({ok(time_ok)})")
+
+
+def hybrid_target(results: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """Target 2: hybrid's regret below that of every baseline present."""
+    name = "hybrid regret lower than every baseline's"
+    baselines = [b for b in BASELINES if b in set(results["method"])]
+    if "hybrid" not in set(results["method"]) or not baselines:
+        return f"n/a {name} (needs results of hybrid and of at least one of {', '.join(BASELINES)})"
+    comparisons = []
+    passed = True
+    for baseline in baselines:
+        hybrid_regret, baseline_regret, n_datasets = paired_means(cells, "hybrid", baseline, "normalized_regret")
+        lower = n_datasets > 0 and hybrid_regret < baseline_regret
+        passed &= lower
+        comparisons.append(f"vs {baseline}: {hybrid_regret:.3f} vs {baseline_regret:.3f} "
+                           f"on {n_datasets} datasets ({ok(lower)})")
+    return f"{'PASS' if passed else 'FAIL'} {name}: " + "; ".join(comparisons)
+
+
+def ok(condition: bool) -> str:
+    return "ok" if condition else "not met"
+
+
+def targets(results: pd.DataFrame) -> list[str]:
+    """The benchmark's targets, one line each, starting with PASS, FAIL or n/a."""
+    cells = cell_means(results)
+    return [zero_shot_target(results, cells), hybrid_target(results, cells)]
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def is_zero_shot(results: pd.DataFrame, method: str) -> bool:
+    """A zero-shot method runs no trials: its one training run is its single trajectory point."""
+    return bool((results.loc[results["method"] == method, "n_trials"] == 0).all())
+
+
+def trajectory_points(row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Times and incumbent regrets of a result; its final accuracy at its training time if it has none."""
+    points = sorted(row["trajectory"], key=lambda point: point["time_seconds"]) or [
+        {"time_seconds": row["training_seconds"], "accuracy": row["accuracy"]}]
+    times = np.array([p["time_seconds"] for p in points], dtype=float)
+    regrets = np.array([normalized_regret(p["accuracy"], row["regret_best"], row["regret_worst"]) for p in points])
+    return times, regrets
+
+
+def incumbent_regret(row: pd.Series, grid: np.ndarray) -> np.ndarray:
+    """The incumbent's regret at each grid time: 1.0 (worst) before the first trajectory point."""
+    times, regrets = trajectory_points(row)
+    position = np.searchsorted(times, grid, side="right") - 1
+    return np.where(position >= 0, regrets[np.maximum(position, 0)], 1.0)
+
+
+def positive_floor(times: Iterable[float]) -> float:
+    """Where to draw time 0 on a log axis: half the smallest positive time (1 s if there is none)."""
+    positive = [t for t in times if t > 0]
+    return min(positive) / 2 if positive else 1.0
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+def new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative training time (s, log scale)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    return figure, axes
+
+
+def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
+    """PNG: per method, the mean incumbent regret over (dataset, seed) results against training time."""
+    trajectories = {index: trajectory_points(row) for index, row in results.iterrows()}
+    all_times = np.concatenate([times for times, _ in trajectories.values()])
+    end, floor = float(all_times.max()), positive_floor(all_times)
+    figure, axes = new_axes("Normalised regret of the incumbent", "mean normalised regret")
+    for number, method in enumerate(ordered_methods(results["method"])):
+        rows = results[results["method"] == method]
+        style = {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method}
+        if is_zero_shot(results, method):
+            point_time = float(np.mean([trajectories[i][0][-1] for i in rows.index]))
+            point_regret = float(np.mean([trajectories[i][1][-1] for i in rows.index]))
+            axes.plot([max(point_time, floor)], [point_regret], linestyle="none", markersize=9, **style)
+            axes.hlines(point_regret, max(point_time, floor), max(end, point_time, floor), colors=style["color"])
+        else:
+            grid = np.unique(np.concatenate([[0.0, end], *(trajectories[i][0] for i in rows.index)]))
+            mean_regret = np.mean([incumbent_regret(row, grid) for _, row in rows.iterrows()], axis=0)
+            axes.plot(np.maximum(grid, floor), mean_regret, drawstyle="steps-post", markevery=[-1], **style)
+    axes.legend()
+    target = Path(path)
+    save_figure(figure, target)
+    return target
+
+
+def plot_accuracy_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
+    """PNG scatter: mean accuracy against mean training time, one point per (dataset, method)."""
+    cells = cell_means(results)
+    floor = positive_floor(cells["training_seconds"])
+    figure, axes = new_axes("Accuracy against training time (mean over seeds per dataset)", "accuracy (%)")
+    for number, method in enumerate(ordered_methods(results["method"])):
+        points = cells.xs(method, level="method")
+        axes.scatter(np.maximum(points["training_seconds"], floor), points["accuracy"] * 100,
+                     marker=MARKERS[number % len(MARKERS)], color=f"C{number % 10}", label=method)
+    axes.legend()
+    target = Path(path)
+    save_figure(figure, target)
+    return target
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary sibling file and rename it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def report_markdown(folder: Path, results: pd.DataFrame, table: str, target_lines: list[str]) -> str:
+    shape = (f"{len(results)} results: {results['method'].nunique()} methods x "
+             f"{results['dataset'].nunique()} datasets x {results['seed'].nunique()} seeds")
+    return "\n".join([
+        "# Benchmark report", "", f"Results below `{folder}` ({shape}).", "", table, "",
+        "## Targets", "", *(f"- {line}" for line in target_lines), "",
+        "## Plots", "", f"![normalised regret against training time]({REGRET_PLOT_NAME})", "",
+        f"![accuracy against training time]({ACCURACY_PLOT_NAME})", "",
+    ])
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, mode: str | None = None) -> dict[str, Any]:
+    """Write report.md and the two plots into ``out`` (default: ``folder``); returns what was written."""
+    results = load_results(folder, mode=mode)
+    out_dir = Path(out) if out is not None else Path(folder)
+    table = results_table(results)
+    target_lines = targets(results)
+    plots = [plot_regret_vs_time(results, out_dir / REGRET_PLOT_NAME),
+             plot_accuracy_vs_time(results, out_dir / ACCURACY_PLOT_NAME)]
+    markdown = out_dir / REPORT_NAME
+    write_text_atomically(markdown, report_markdown(Path(folder), results, table, target_lines))
+    return {"markdown": markdown, "plots": plots, "table": table, "targets": target_lines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m metallmix.bench.report``: print the table and targets, write the report; exit status."""
+    parser = argparse.ArgumentParser(prog="python -m metallmix.bench.report",
+                                     description="Report the results of a `python -m metallmix.bench -m ...` multirun.")
+    parser.add_argument("folder", metavar="MULTIRUN_DIR", help=f"folder searched recursively for {RESULT_FILE_NAME}")
+    parser.add_argument("--out", metavar="DIR", help="where to write report.md and the plots (default: MULTIRUN_DIR)")
+    parser.add_argument("--mode", choices=MODES, help="report only the results of this mode")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.folder, out=args.out, mode=args.mode)
+    except MetallmixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(written["table"], "", *written["targets"], "", f"wrote {written['markdown']}",
+          *(f"wrote {plot}" for plot in written["plots"]), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

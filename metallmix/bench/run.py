@@ -1,0 +1,259 @@
+"""One benchmark job: a method picks or searches a configuration for one held-out dataset.
+
+``python -m metallmix.bench`` (Hydra, ``conf/bench.yaml``) runs one job; ``-m`` runs the product of
+the values given, e.g. ``-m method=zeroshot,random,tpe held_out=APL,BRD seed=0,1``. Each job writes
+``bench_result.json`` into its Hydra job folder; ``python -m metallmix.bench.report FOLDER`` turns a
+multirun folder into the comparison table and plots.
+
+Methods:
+
+- ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
+- ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm=...``).
+- ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
+  default configuration (``default_config``) evaluated first.
+- ``hybrid``: TPE seeded with the zero-shot top ``hybrid.seed_points`` candidates.
+
+The held-out dataset, and every dataset derived from it, is removed from the meta-dataset before
+anything is fitted. Modes: ``replay`` (outcomes looked up from the held-out dataset's recorded runs,
+recorded seconds as simulated time, ``metallmix.bench.replay``) and ``train`` (every trial is a real
+training run through Ray Tune, ``metallmix.bench.train``).
+
+Result fields (one JSON document per job): accuracy (the incumbent's: recorded/test accuracy of a
+run that ran to its end, else its best validation accuracy), normalized_regret (replay: against the
+best and worst run recorded for the dataset), recommendation_seconds (time until the method answers:
+meta-features + prediction for zero-shot, plus the LLM's latency for zeroshot_llm, the search's
+training time for HPO), training_seconds (every trial's training time; the pick's one run for
+zero-shot), time_to_within_1pct_seconds (training time until the incumbent came within 0.01 of its
+final accuracy), n_trials, the incumbent trajectory and every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+
+from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome, simulate_search
+from metallmix.bench.search import HPO_METHODS, build_search
+from metallmix.bench.space import CandidateSpace
+from metallmix.errors import ConfigError, DataError
+from metallmix.metadataset import load_meta_dataset, row_meta_features
+from metallmix.metadataset.schema import config_columns
+
+FORMAT_VERSION = 1
+RESULT_FILE = "bench_result.json"
+ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm")
+METHODS = ZERO_SHOT_METHODS + HPO_METHODS
+MODES = ("replay", "train")
+WITHIN = 0.01  # "within 1% of the final best": 0.01 accuracy
+
+
+def run_benchmark(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one job (module docstring) and return its result document."""
+    mode, method = cfg.get("mode"), cfg.get("method")
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}: choose one of {list(MODES)}")
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}: choose one of {list(METHODS)}")
+    if cfg.get("held_out") in (None, ""):
+        raise ConfigError("set the held-out dataset: held_out=NAME (replay: a dataset of the meta-dataset; "
+                          "train: a conf/dataset name, a MedMNIST .npz file or an image folder)")
+    budget = SearchBudget(**dict(cfg.get("budget") or {}))
+    started = time.perf_counter()
+    if mode == "replay":
+        document = _run_replay(cfg, method, budget)
+    else:
+        from metallmix.bench.train import run_train
+
+        document = run_train(cfg, method, budget)
+    return {
+        "format_version": FORMAT_VERSION,
+        "mode": mode,
+        "method": method,
+        "seed": int(cfg.get("seed", 0)),
+        "meta_dataset": str(cfg.get("meta_dataset")),
+        "budget": {"trials": budget.trials, "time_s": budget.time_s},
+        **document,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# shared by both modes
+
+
+def without_dataset(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The meta-dataset without ``dataset`` and the datasets derived from it."""
+    derived = df["dataset_parent"].astype(object).eq(dataset) if "dataset_parent" in df else False
+    return df[~(df["dataset_id"].eq(dataset) | derived)]
+
+
+@lru_cache(maxsize=4)
+def _meta_dataset(spec: str) -> pd.DataFrame:
+    return load_meta_dataset(spec)
+
+
+_FITTED: dict[tuple, Any] = {}
+
+
+def fitted_metalearner(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tuple[Any, float]:
+    """A MetaLearner fitted on ``train_df`` (kept per process for repeated jobs) and its fit seconds."""
+    from metallmix.metalearner import MetaLearner
+    from metallmix.recommend import content_hash
+
+    key = (content_hash(train_df), json.dumps(dict(params), sort_keys=True, default=str))
+    if key not in _FITTED:
+        started = time.perf_counter()
+        learner = MetaLearner(**dict(params)).fit(train_df)
+        _FITTED[key] = (learner, time.perf_counter() - started)
+    return _FITTED[key]
+
+
+def zero_shot_ranking(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame,
+                      params: Mapping[str, Any]) -> tuple[list[str], float, float]:
+    """Candidate ids, best score first; prediction seconds; fit seconds (0 when reused)."""
+    learner, fit_seconds = fitted_metalearner(train_df, params)
+    started = time.perf_counter()
+    scores = learner.predict(meta_features, candidates)["score"].set_axis(candidates.index)
+    order = scores.sort_values(ascending=False, kind="stable").index
+    return [str(c) for c in order], time.perf_counter() - started, fit_seconds
+
+
+def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str]) -> list[dict]:
+    """Points the search evaluates first: the zero-shot top-k for the hybrid, the default config otherwise."""
+    if method == "hybrid":
+        k = int((cfg.get("hybrid") or {}).get("seed_points", 1))
+        return [space.point_of(c) for c in ranking[:k]]
+    default = cfg.get("default_config")
+    if not default:
+        return []
+    return [space.point_of(space.nearest(dict(default)))]
+
+
+def within_seconds(trajectory: list[dict[str, float]], final: float | None) -> float | None:
+    """Training time at which the incumbent first came within ``WITHIN`` of its final accuracy."""
+    if final is None:
+        return None
+    return next((p["time_seconds"] for p in trajectory if p["accuracy"] >= final - WITHIN), None)
+
+
+def search_document(outcome: SearchOutcome, space: CandidateSpace) -> dict[str, Any]:
+    return {
+        "accuracy": outcome.accuracy,
+        "best_config": space.config_of(outcome.incumbent) if outcome.incumbent is not None else None,
+        "training_seconds": outcome.training_seconds,
+        "time_to_within_1pct_seconds": within_seconds(outcome.trajectory, outcome.accuracy),
+        "n_trials": len(outcome.trials),
+        "trajectory": outcome.trajectory,
+        "trials": [{"config_id": t.config_id, "accuracy": t.accuracy, "epochs": t.epochs, "seconds": t.seconds}
+                   for t in outcome.trials],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# replay mode
+
+
+def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
+    spec = str(cfg.get("meta_dataset"))
+    df = _meta_dataset(spec)
+    dataset = str(cfg["held_out"])
+    datasets = sorted(df["dataset_id"].unique())
+    if dataset not in datasets:
+        raise DataError(f"dataset {dataset!r} has no recorded runs in {spec}; replay needs one of {datasets}")
+    held_out = df[df["dataset_id"] == dataset]
+    train_df = without_dataset(df, dataset)
+    if train_df["dataset_id"].nunique() < 1:
+        raise DataError(f"{spec} holds no dataset besides {dataset!r}: nothing to learn from")
+    outcomes = RecordedOutcomes(held_out)
+    candidates = held_out.set_index("run_id")[config_columns(held_out)]
+    space = CandidateSpace(candidates)
+    meta_features = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
+    seed = int(cfg.get("seed", 0))
+
+    ranking: list[str] = []
+    predict_seconds = fit_seconds = 0.0
+    if method in ("zeroshot", "hybrid"):
+        ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
+                                                                  cfg.get("learner") or {})
+    document: dict[str, Any]
+    if method in ZERO_SHOT_METHODS:
+        extra: dict[str, Any] = {}
+        if method == "zeroshot_llm":
+            from metallmix.bench.llm import llm_pick
+
+            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, train_df, meta_features, candidates)
+        else:
+            pick = ranking[0]
+        run = outcomes.runs[pick]
+        document = {
+            "accuracy": run.accuracy,
+            "best_config": space.config_of(pick),
+            "training_seconds": run.cost_seconds,
+            "time_to_within_1pct_seconds": run.cost_seconds,
+            "n_trials": 0,
+            "trajectory": [{"time_seconds": run.cost_seconds, "accuracy": run.accuracy}],
+            "trials": [],
+            "recommendation_seconds": predict_seconds,
+            **extra,
+        }
+    else:
+        searcher, scheduler = build_search(method, space, seed=seed, first_points=first_points(cfg, method, space, ranking),
+                                           max_epochs=outcomes.max_epochs)
+        outcome = simulate_search(searcher, scheduler, outcomes, budget)
+        document = {**search_document(outcome, space),
+                    "recommendation_seconds": predict_seconds + outcome.training_seconds}
+    return {
+        "dataset": dataset,
+        **document,
+        "normalized_regret": _regret(document["accuracy"], outcomes.best, outcomes.worst),
+        "reference": {"best_accuracy": outcomes.best, "worst_accuracy": outcomes.worst},
+        "fit_seconds": fit_seconds if method in ("zeroshot", "zeroshot_llm", "hybrid") else None,
+    }
+
+
+def _regret(accuracy: float | None, best: float, worst: float) -> float | None:
+    from metallmix.evaluate import normalized_regret
+
+    return None if accuracy is None else normalized_regret(accuracy, best, worst)
+
+
+# --------------------------------------------------------------------------------------------------
+# the Hydra app
+
+
+def write_result(document: dict[str, Any], folder: str) -> str:
+    """Write the result atomically into ``folder``; returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, RESULT_FILE)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(document, handle, indent=1, default=str)
+    os.replace(temporary, path)
+    return path
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from metallmix.sweep import REPO_ROOT
+
+    @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="bench")
+    def _app(cfg) -> None:
+        document = run_benchmark(OmegaConf.to_container(cfg, resolve=True))
+        path = write_result(document, HydraConfig.get().runtime.output_dir)
+        regret = document.get("normalized_regret")
+        print(f"{document['mode']} {document['method']:>12} {document['dataset']} seed {document['seed']}: "
+              f"accuracy {document['accuracy']:.4f}"
+              + (f", regret {regret:.3f}" if regret is not None else "")
+              + f", training {document['training_seconds']:.0f} s, {document['n_trials']} trials -> {path}",
+              flush=True)
+
+    _app()
