@@ -115,26 +115,63 @@ class SearchBudget:
 @dataclass
 class TrialRecord:
     config_id: str
-    recorded_accuracy: float  # of the run, had it run to its end
+    recorded_accuracy: float | None = None  # of the run, once it ran to its end
     epochs: int = 0
     seconds: float = 0.0
     best_val: float = -math.inf
-    completed: bool = False  # ran to the end of its recorded curve
+    completed: bool = False  # ran to its end
 
     @property
     def accuracy(self) -> float:
-        """What the trial achieved: the recorded accuracy when it ran to the end, else its best
-        validation accuracy so far."""
-        return self.recorded_accuracy if self.completed else self.best_val
+        """What the trial achieved: its final (recorded or test) accuracy when it ran to its end, else
+        its best validation accuracy so far."""
+        return self.recorded_accuracy if self.completed and self.recorded_accuracy is not None else self.best_val
 
 
 @dataclass
 class SearchOutcome:
     trials: list[TrialRecord]
-    trajectory: list[dict[str, float]]  # incumbent accuracy each time it changed, at simulated training time
+    trajectory: list[dict[str, float]]  # incumbent accuracy each time it changed, at cumulative training time
     training_seconds: float
     incumbent: str | None  # config id of the best trial
     accuracy: float | None
+
+
+class SearchTracker:
+    """Every epoch of every trial, in the order they happened: the incumbent (the trial with the best
+    validation accuracy, earliest on ties) and its accuracy over cumulative training time."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, TrialRecord] = {}
+        self.clock = 0.0
+        self.trajectory: list[dict[str, float]] = []
+
+    def add_trial(self, trial_id: str, config_id: str, recorded_accuracy: float | None = None) -> TrialRecord:
+        self.records[trial_id] = TrialRecord(config_id, recorded_accuracy)
+        return self.records[trial_id]
+
+    def epoch(self, trial_id: str, val_accuracy: float, seconds: float, *, completed: bool = False,
+              final_accuracy: float | None = None) -> None:
+        record = self.records[trial_id]
+        self.clock += seconds
+        record.seconds += seconds
+        record.epochs += 1
+        record.best_val = max(record.best_val, val_accuracy)
+        record.completed = completed
+        if final_accuracy is not None:
+            record.recorded_accuracy = final_accuracy
+        accuracy = self.incumbent().accuracy
+        if not self.trajectory or self.trajectory[-1]["accuracy"] != accuracy:
+            self.trajectory.append({"time_seconds": self.clock, "accuracy": accuracy})
+
+    def incumbent(self) -> TrialRecord:
+        return max(self.records.values(), key=lambda r: r.best_val)  # max keeps the first of equals
+
+    def outcome(self) -> SearchOutcome:
+        best = self.incumbent() if self.records else None
+        return SearchOutcome(trials=list(self.records.values()), trajectory=self.trajectory,
+                             training_seconds=self.clock, incumbent=best.config_id if best else None,
+                             accuracy=best.accuracy if best else None)
 
 
 class _Controller:
@@ -162,18 +199,11 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
     from ray.tune.search import Searcher
 
     controller = _Controller(searcher)
-    records: dict[str, TrialRecord] = {}
-    clock = 0.0
-    trajectory: list[dict[str, float]] = []
+    tracker = SearchTracker()
     search_finished = False
 
     def budget_left() -> bool:
-        return budget.time_s is None or clock < budget.time_s
-
-    def finish(trial: Trial, result: dict) -> None:
-        trial.set_status(Trial.TERMINATED)
-        scheduler.on_trial_complete(controller, trial, result)
-        searcher.on_trial_complete(trial.trial_id, result=result)
+        return budget.time_s is None or tracker.clock < budget.time_s
 
     def process_stops() -> None:  # as TuneController.stop_trial does for paused and pending trials
         while controller.stopped:
@@ -183,20 +213,13 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
                 scheduler.on_trial_remove(controller, trial)
                 searcher.on_trial_complete(trial.trial_id)
 
-    def incumbent() -> tuple[str | None, float | None]:
-        """The trial with the best validation accuracy (earliest on ties) and what it achieved."""
-        if not records:
-            return None, None
-        best = max(records.values(), key=lambda r: r.best_val)  # max keeps the first of equals
-        return best.config_id, best.accuracy
-
     while budget_left():
         trial = scheduler.choose_trial_to_run(controller)
         process_stops()
         if trial is None:
-            if search_finished or (budget.trials is not None and len(records) >= budget.trials):
+            if search_finished or (budget.trials is not None and len(tracker.records) >= budget.trials):
                 break
-            trial_id = f"{len(records):05d}"
+            trial_id = f"{len(tracker.records):05d}"
             suggestion = searcher.suggest(trial_id)
             if suggestion is None or suggestion == Searcher.FINISHED:
                 search_finished = True
@@ -206,29 +229,22 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
             config_id = str(suggestion[CANDIDATE_KEY])
             if config_id not in outcomes.runs:
                 raise DataError(f"searcher proposed candidate {config_id!r}, which has no recorded run")
+            tracker.add_trial(trial_id, config_id, outcomes.runs[config_id].accuracy)
             new = Trial("replay", config=suggestion, trial_id=trial_id, stub=True)
-            records[trial_id] = TrialRecord(config_id, outcomes.runs[config_id].accuracy)
             controller.trials.append(new)
             scheduler.on_trial_add(controller, new)
             continue
         trial.set_status(Trial.RUNNING)
-        record = records[trial.trial_id]
+        record = tracker.records[trial.trial_id]
         run = outcomes.runs[record.config_id]
-        result = _result(record, trial)
         while budget_left():
-            clock += run.epoch_seconds[record.epochs]
-            record.seconds += run.epoch_seconds[record.epochs]
             value = run.val_accuracy[record.epochs]
-            record.epochs += 1
-            record.best_val = max(record.best_val, value)
-            record.completed = record.epochs >= run.n_epochs
+            tracker.epoch(trial.trial_id, value, run.epoch_seconds[record.epochs],
+                          completed=record.epochs + 1 >= run.n_epochs)
             result = _result(record, trial, value)
             decision = scheduler.on_trial_result(controller, trial, result)
             if decision != TrialScheduler.STOP:  # Tune's order: scheduler first, searcher unless stopped
                 searcher.on_trial_result(trial.trial_id, result)
-            _, accuracy = incumbent()
-            if not trajectory or trajectory[-1]["accuracy"] != accuracy:
-                trajectory.append({"time_seconds": clock, "accuracy": accuracy})
             process_stops()
             if record.completed or decision == TrialScheduler.STOP:
                 break
@@ -236,15 +252,15 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
                 trial.set_status(Trial.PAUSED)
                 break
         if trial.status == Trial.RUNNING:  # ran to its end, stopped, or the time budget ran out mid-trial
-            finish(trial, result)
-    best_config, accuracy = incumbent()
-    return SearchOutcome(trials=list(records.values()), trajectory=trajectory, training_seconds=clock,
-                         incumbent=best_config, accuracy=accuracy)
+            trial.set_status(Trial.TERMINATED)  # Tune completes a trial with its last result
+            scheduler.on_trial_complete(controller, trial, result)
+            searcher.on_trial_complete(trial.trial_id, result=result)
+    return tracker.outcome()
 
 
-def _result(record: TrialRecord, trial: Any, value: float | None = None) -> dict[str, Any]:
+def _result(record: TrialRecord, trial: Any, value: float) -> dict[str, Any]:
     return {
-        METRIC: record.best_val if value is None else value,
+        METRIC: value,
         TIME_ATTR: record.epochs,
         "time_total_s": record.seconds,
         "trial_id": trial.trial_id,

@@ -10,7 +10,7 @@ Methods:
 - ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
 - ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm=...``).
 - ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
-  default configuration (``default_config``) evaluated first.
+  default configuration of the search space (``default_configs``) evaluated first.
 - ``hybrid``: TPE seeded with the zero-shot top ``hybrid.seed_points`` candidates.
 
 The held-out dataset, and every dataset derived from it, is removed from the meta-dataset before
@@ -124,15 +124,15 @@ def zero_shot_ranking(train_df: pd.DataFrame, meta_features: dict[str, float], c
     return [str(c) for c in order], time.perf_counter() - started, fit_seconds
 
 
-def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str]) -> list[dict]:
-    """Points the search evaluates first: the zero-shot top-k for the hybrid, the default config otherwise."""
+def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str],
+                 space_name: str) -> list[dict]:
+    """Points the search evaluates first: the zero-shot top-k for the hybrid, else the default config
+    of the search space (``default_configs``), when one is given."""
     if method == "hybrid":
         k = int((cfg.get("hybrid") or {}).get("seed_points", 1))
         return [space.point_of(c) for c in ranking[:k]]
-    default = cfg.get("default_config")
-    if not default:
-        return []
-    return [space.point_of(space.nearest(dict(default)))]
+    default = (cfg.get("default_configs") or {}).get(space_name)
+    return [space.point_of(space.nearest(dict(default)))] if default else []
 
 
 def within_seconds(trajectory: list[dict[str, float]], final: float | None) -> float | None:
@@ -203,8 +203,8 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
             **extra,
         }
     else:
-        searcher, scheduler = build_search(method, space, seed=seed, first_points=first_points(cfg, method, space, ranking),
-                                           max_epochs=outcomes.max_epochs)
+        points = first_points(cfg, method, space, ranking, str(held_out["search_space"].iloc[0]))
+        searcher, scheduler = build_search(method, space, seed=seed, first_points=points, max_epochs=outcomes.max_epochs)
         outcome = simulate_search(searcher, scheduler, outcomes, budget)
         document = {**search_document(outcome, space),
                     "recommendation_seconds": predict_seconds + outcome.training_seconds}

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from ray.tune.search import Searcher
 
 from metallmix.bench.space import CANDIDATE_KEY, CandidateSpace
 from metallmix.errors import ConfigError
@@ -32,13 +33,7 @@ REDUCTION_FACTOR = 3
 HPO_METHODS = ("random", "tpe", "asha", "bohb", "hybrid")
 
 
-def _searcher_base():
-    from ray.tune.search import Searcher
-
-    return Searcher
-
-
-class RandomSearcher(_searcher_base()):
+class RandomSearcher(Searcher):
     """Uniform random search over Tune domains, seeded, with points to evaluate first."""
 
     def __init__(self, *, seed: int, points_to_evaluate: Sequence[dict[str, Any]] = (), metric: str = METRIC,
@@ -63,7 +58,7 @@ class RandomSearcher(_searcher_base()):
         pass
 
 
-class CandidateSearcher(_searcher_base()):
+class CandidateSearcher(Searcher):
     """Wraps a Tune searcher: each proposal becomes the closest untried candidate of ``space``.
 
     The wrapped searcher is given the space here. The suggested config holds the candidate's hyperparameters and its id under ``candidate_id``;
@@ -99,6 +94,14 @@ class CandidateSearcher(_searcher_base()):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        """For Tune's experiment checkpoints: the wrapped searcher (pickled whole) and the tried candidates."""
+        return {"searcher": self.searcher, "tried": sorted(self.tried)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.searcher = state["searcher"]
+        self.tried = set(state["tried"])
 
     # HyperBandForBOHB tells the searcher (TuneBOHB) when it pauses and resumes a trial
     def on_pause(self, trial_id: str) -> None:

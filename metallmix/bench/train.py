@@ -1,0 +1,183 @@
+"""Train mode: every trial is a real training run (``metallmix.training.train_run``) driven by Ray Tune.
+
+The held-out dataset is loaded (a conf/dataset name, a MedMNIST ``.npz`` file, an image folder or a
+registered MedMNIST name) and its meta-features computed; the search space is the grid of the
+``space`` config group (``conf/space/*.yaml``). Zero-shot methods train their one pick, the HPO
+methods search with the same Tune searchers and schedulers as replay mode, one trial at a time,
+inside ``Tuner.fit``. The trainable reports validation accuracy after every epoch (so ASHA and BOHB
+can stop or pause it) and the test accuracy with its last epoch. A trial BOHB pauses restarts from
+scratch when resumed (the trainable keeps no checkpoint), and that training time is counted.
+A training run that raises is a trial with accuracy 0, not a crash of the benchmark.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from metallmix.bench.replay import SearchBudget, SearchTracker
+from metallmix.bench.search import METRIC, CandidateSearcher, RandomSearcher, build_search
+from metallmix.bench.space import CANDIDATE_KEY, CandidateSpace
+from metallmix.errors import ConfigError
+from metallmix.metadataset.schema import CFG_PREFIX
+
+FAILED_ACCURACY = 0.0
+
+
+def held_out_dataset_config(held_out: Any) -> dict[str, Any]:
+    """conf/dataset/<name>.yaml, or a MedMNIST file / image folder / registered name, or a dict as is."""
+    from omegaconf import OmegaConf
+
+    from metallmix.recommend import dataset_config
+    from metallmix.sweep import REPO_ROOT
+
+    if isinstance(held_out, Mapping):
+        return dict(held_out)
+    named = REPO_ROOT / "conf" / "dataset" / f"{held_out}.yaml"
+    if named.is_file():
+        return OmegaConf.to_container(OmegaConf.load(named), resolve=True)
+    return dataset_config(str(held_out))
+
+
+def grid_candidates(space: Mapping[str, Any], epochs: int | None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The space's grid as a frame of cfg_ columns indexed by config id, and the configs by id."""
+    from metallmix.metalearner import config_id
+    from metallmix.sweep import expand_space
+
+    configs = expand_space(space)
+    if epochs is not None:
+        configs = [{**c, "epochs": int(epochs)} for c in configs]
+    by_id = {config_id(c): c for c in configs}
+    frame = pd.DataFrame([{CFG_PREFIX + k: v for k, v in c.items()} for c in by_id.values()], index=list(by_id))
+    return frame, by_id
+
+
+def bench_trial(config: dict[str, Any], *, dataset: Any, configs: dict[str, dict], seed: int,
+                allow_download: bool) -> None:
+    """The Tune trainable: train the candidate, report each epoch; the last report carries the test accuracy."""
+    from metallmix.training import train_run
+
+    held_back: list[dict] = []
+
+    def report(epoch: dict) -> None:  # hold each epoch back one step so the last can carry the test result
+        if held_back:
+            tune.report(held_back.pop())
+        held_back.append(dict(epoch))
+
+    try:
+        result = train_run(configs[config[CANDIDATE_KEY]], dataset, seed=seed,
+                           num_threads=int(os.environ.get("OMP_NUM_THREADS") or 1),
+                           allow_download=allow_download, report=report)
+    except Exception as exc:  # noqa: BLE001 - a failed training run is a bad trial, not a crashed benchmark
+        tune.report({METRIC: FAILED_ACCURACY, "epoch_seconds": 0.0, "test_accuracy": FAILED_ACCURACY,
+                     "error": f"{type(exc).__name__}: {exc}"})
+        return
+    last = held_back.pop() if held_back else {METRIC: result["test_accuracy"], "epoch_seconds": 0.0}
+    tune.report({**last, "test_accuracy": result["test_accuracy"]})
+
+
+def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": ray_cfg.get("address") or "local", "include_dashboard": False,
+                              "log_to_driver": False}
+    if kwargs["address"] == "local" and ray_cfg.get("num_cpus"):
+        kwargs["num_cpus"] = int(ray_cfg["num_cpus"])
+    ray.init(**kwargs)
+    atexit.register(ray.shutdown)
+
+
+def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
+    from metallmix.bench.run import ZERO_SHOT_METHODS, first_points, search_document, without_dataset, zero_shot_ranking
+    from metallmix.data import compute_meta_features, dataset_id, load_dataset
+    from metallmix.metadataset import load_meta_dataset
+    from metallmix.training import check_weights_available
+
+    train_cfg = dict(cfg.get("train") or {})
+    seed = int(cfg.get("seed", 0))
+    allow_download = bool(train_cfg.get("allow_download", False))
+    if method == "zeroshot_llm":
+        raise ConfigError("method=zeroshot_llm runs in replay mode only; use mode=replay")
+    candidates, configs = grid_candidates(cfg["space"], train_cfg.get("epochs"))
+    for backbone, weights in sorted({(c["backbone"], c.get("weights", "none")) for c in configs.values()}):
+        check_weights_available(backbone, weights, allow_download=allow_download)
+    space = CandidateSpace(candidates)
+
+    dataset_cfg = held_out_dataset_config(cfg["held_out"])
+    held_out_id = dataset_id(dataset_cfg)
+    dataset = load_dataset(dataset_cfg)
+    started = time.perf_counter()
+    meta_features = compute_meta_features(dataset)
+    meta_features_seconds = time.perf_counter() - started
+
+    ranking: list[str] = []
+    predict_seconds = fit_seconds = 0.0
+    if method in ("zeroshot", "hybrid"):
+        train_df = without_dataset(load_meta_dataset(str(cfg["meta_dataset"])), held_out_id)
+        ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
+                                                                  cfg.get("learner") or {})
+    max_epochs = max(int(c["epochs"]) for c in configs.values())
+    if method in ZERO_SHOT_METHODS:  # one trial: the pick
+        searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
+        scheduler, n_trials = FIFOScheduler(), 1
+    else:
+        searcher, scheduler = build_search(method, space, seed=seed, max_epochs=max_epochs,
+                                           first_points=first_points(cfg, method, space, ranking, str(cfg["space"].get("name", ""))))
+        n_trials = budget.trials if budget.trials is not None else -1
+
+    _ensure_ray(train_cfg.get("ray") or {})
+    resources = train_cfg.get("resources") or {}
+    collector = EpochCollector()
+    tuner = tune.Tuner(
+        tune.with_resources(
+            tune.with_parameters(bench_trial, dataset=dataset, configs=configs, seed=seed, allow_download=allow_download),
+            {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))},
+        ),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=n_trials, max_concurrent_trials=1, reuse_actors=True,
+                                    time_budget_s=budget.time_s if method not in ZERO_SHOT_METHODS else None),
+        run_config=tune.RunConfig(name=f"metallmix-bench-{method}", storage_path=str(Path(cfg.get("tune_storage")
+                                  or Path.home() / "ray_results").expanduser()), callbacks=[collector], verbose=0),
+    )
+    search_started = time.perf_counter()
+    tuner.fit()
+    search_seconds = time.perf_counter() - search_started
+    outcome = collector.tracker.outcome()
+    document = search_document(outcome, space)
+    if method in ZERO_SHOT_METHODS:
+        document.update(n_trials=0, recommendation_seconds=meta_features_seconds + predict_seconds,
+                        trials=[], time_to_within_1pct_seconds=outcome.training_seconds)
+    else:
+        document["recommendation_seconds"] = search_seconds + (meta_features_seconds + predict_seconds
+                                                              if method == "hybrid" else 0.0)
+    return {
+        "dataset": held_out_id,
+        **document,
+        "normalized_regret": None,
+        "reference": {"best_accuracy": None, "worst_accuracy": None},
+        "fit_seconds": fit_seconds if method in ("zeroshot", "hybrid") else None,
+    }
+
+
+class EpochCollector(tune.Callback):
+    """Feeds every reported epoch, in arrival order, to a ``SearchTracker``."""
+
+    def __init__(self) -> None:
+        self.tracker = SearchTracker()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if trial.trial_id not in self.tracker.records:
+            self.tracker.add_trial(trial.trial_id, str(trial.config[CANDIDATE_KEY]))
+        final = result.get("test_accuracy")
+        self.tracker.epoch(trial.trial_id, float(result[METRIC]), float(result.get("epoch_seconds") or 0.0),
+                           completed=final is not None, final_accuracy=final)
