@@ -121,45 +121,6 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ lodo
-def shortlist_document(recommender: Any, meta_features: dict[str, float], candidates: Any, top_k: int) -> dict[str, Any]:
-    """A recommendation-like document whose shortlist is the held-out dataset's own evaluated configs."""
-    import pandas as pd
-
-    from metallmix.metadataset import row_config
-
-    features, report = recommender.check_meta_features(meta_features)
-    predictions = recommender.metalearner_.predict(features, candidates).set_axis(candidates.index)
-    top = predictions.sort_values("score", ascending=False, kind="stable").head(top_k)
-    shortlist = []
-    for rank, (run_id, row) in enumerate(top.iterrows(), start=1):
-        config = row_config(candidates.loc[run_id])
-        backbone = next((str(config[k]) for k in ("backbone", "model", "arch") if k in config), None)
-        accuracy = float(min(max(row["pred_accuracy"], 0), 1))
-        shortlist.append({
-            "rank": rank, "candidate_id": str(run_id), "config": config, "backbone": backbone, "score": float(row["score"]),
-            "param_count": {"value": None, "source": "unknown"},
-            "predicted": {"accuracy": accuracy,
-                          "accuracy_low": min(float(min(max(row["pred_accuracy_low"], 0), 1)), accuracy),
-                          "accuracy_high": max(float(min(max(row["pred_accuracy_high"], 0), 1)), accuracy),
-                          "accuracy_std": max(float(row["pred_accuracy_std"]), 0.0),
-                          "train_seconds": max(float(row["pred_cost_seconds"]), 0.0),
-                          "p_fail": float(min(max(row["p_fail"], 0), 1))},
-        })
-    shap_rows = recommender.metalearner_.feature_frame(features, pd.DataFrame(candidates.loc[top.index[:recommender.shap_top_k]]).reset_index(drop=True))
-    explanations = recommender.explainer_.explain(shap_rows, top_n=recommender.shap_top_features)
-    return {
-        "candidate_id": shortlist[0]["candidate_id"],
-        "shortlist": shortlist,
-        "evidence": {
-            "shap": [{"candidate_id": item["candidate_id"], **e} for item, e in zip(shortlist, explanations)],
-            "neighbours": recommender.index_.query(features, k=recommender.n_neighbours),
-            "global_importance": recommender.explainer_.global_importance()[:10],
-        },
-        "meta_features": report,
-        "constraints": {"requested": {}},
-    }
-
-
 def run_lodo(args: argparse.Namespace) -> dict[str, Any]:
     from metallmix.evaluate import evaluate_lodo
     from metallmix.llm import LLMOptions, PromptOptions, make_engine
@@ -185,7 +146,7 @@ def run_lodo(args: argparse.Namespace) -> dict[str, Any]:
             recommender = Recommender(metalearner_params=json.loads(args.metalearner_params)).fit(train_df)
             candidates = held_out.set_index("run_id")[config_columns(held_out)]
             mf = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
-            document = shortlist_document(recommender, mf, candidates, args.top_k)
+            document = recommender.shortlist_document(mf, candidates, args.top_k)
             fit_s = time.perf_counter() - started
             picks[dataset] = {"argmax": document["candidate_id"]}
             records[dataset] = {"fit_s": round(fit_s, 1), "argmax": document["candidate_id"]}

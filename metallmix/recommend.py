@@ -357,6 +357,42 @@ class Recommender:
         document["explanation"] = template_explanation(document)
         return document
 
+    def shortlist_document(self, meta_features: dict[str, float], candidates: pd.DataFrame, top_k: int) -> dict[str, Any]:
+        """A recommendation-like document (what the LLM step reads) whose shortlist is the top ``top_k``
+        of the given candidates (cfg_ columns, indexed by id) instead of the meta-dataset's configs:
+        how benchmarks let the LLM pick among a held-out dataset's own recorded configurations."""
+        features, report = self.check_meta_features(meta_features)
+        predictions = self.metalearner_.predict(features, candidates).set_axis(candidates.index)
+        top = predictions.sort_values("score", ascending=False, kind="stable").head(top_k)
+        shortlist = []
+        for rank, (run_id, row) in enumerate(top.iterrows(), start=1):
+            config = row_config(candidates.loc[run_id])
+            accuracy = _clip01(row["pred_accuracy"])
+            shortlist.append({
+                "rank": rank, "candidate_id": str(run_id), "config": config, "score": float(row["score"]),
+                "backbone": next((str(config[k]) for k in BACKBONE_KEYS if k in config), None),
+                "param_count": {"value": None, "source": "unknown"},
+                "predicted": {"accuracy": accuracy,
+                              "accuracy_low": min(_clip01(row["pred_accuracy_low"]), accuracy),
+                              "accuracy_high": max(_clip01(row["pred_accuracy_high"]), accuracy),
+                              "accuracy_std": max(float(row["pred_accuracy_std"]), 0.0),
+                              "train_seconds": max(float(row["pred_cost_seconds"]), 0.0),
+                              "p_fail": _clip01(row["p_fail"])},
+            })
+        shap_rows = self.metalearner_.feature_frame(features, candidates.loc[top.index[:self.shap_top_k]].reset_index(drop=True))
+        explanations = self.explainer_.explain(shap_rows, top_n=self.shap_top_features)
+        return {
+            "candidate_id": shortlist[0]["candidate_id"],
+            "shortlist": shortlist,
+            "evidence": {
+                "shap": [{"candidate_id": item["candidate_id"], **e} for item, e in zip(shortlist, explanations)],
+                "neighbours": self.index_.query(features, k=self.n_neighbours),
+                "global_importance": self.explainer_.global_importance()[:10],
+            },
+            "meta_features": report,
+            "constraints": {"requested": {}},
+        }
+
     def check_meta_features(self, meta_features: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         """Validated meta-features and a report {values, imputed, outside_training_range}.
 

@@ -11,6 +11,7 @@ schedulers are Tune's own objects, called through their public interface
 on_trial_result/on_trial_complete/choose_trial_to_run``).
 
 A run recorded as failed (no finite accuracy) replays as one epoch at the dataset's worst accuracy.
+A replayed run that runs to its end costs exactly its recorded ``cost_seconds``.
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ class RecordedOutcomes:
 
 
 def _recorded_run(curve: list[dict[str, Any]], final: float, worst: float, cost_seconds: Any) -> RecordedRun:
+    """The run's per-epoch values and seconds; the epochs' seconds are scaled to sum to the recorded
+    cost (a metallmix run's cost includes evaluation and set-up that its epoch timings leave out)."""
     values = [_finite_or_none(e.get("val_accuracy")) for e in curve]
     seconds = [next((float(e[k]) for k in EPOCH_SECONDS_KEYS if _finite_or_none(e.get(k)) is not None), 0.0)
                for e in curve]
+    cost = _finite_or_none(cost_seconds)
     if not curve or all(v is None for v in values):  # failed run: one epoch at the worst accuracy
-        total = _finite_or_none(cost_seconds) or sum(seconds)
-        return RecordedRun([worst], [total], final)
+        return RecordedRun([worst], [cost if cost is not None else sum(seconds)], final)
+    if cost is not None:
+        total = sum(seconds)
+        seconds = [s * cost / total for s in seconds] if total > 0 else [cost / len(seconds)] * len(seconds)
     running = worst
     filled = []
     for v in values:  # an epoch without a value repeats the previous one
@@ -101,15 +107,33 @@ def _finite_or_none(value: Any) -> float | None:
 
 @dataclass
 class SearchBudget:
-    """Stop starting trials after ``trials`` configurations or ``time_s`` simulated training seconds
-    (None: no limit on that axis; at least one must be set)."""
+    """Stop starting trials after ``trials`` configurations or ``time_s`` training seconds (simulated
+    in replay), whichever comes first; ``time_runs``: a time budget of that many times the held-out
+    dataset's median recorded run cost (replay only), for comparisons across datasets whose runs
+    take minutes or days. None: no limit on that axis; at least one must be set."""
 
     trials: int | None = None
     time_s: float | None = None
+    time_runs: float | None = None
 
     def __post_init__(self) -> None:
-        if self.trials is None and self.time_s is None:
-            raise ConfigError("set a trial budget (budget.trials) or a time budget (budget.time_s), or both")
+        if self.trials is None and self.time_s is None and self.time_runs is None:
+            raise ConfigError("set a budget: budget.trials (configurations), budget.time_s (training seconds) "
+                              "or budget.time_runs (median run costs), or several")
+        for name in ("trials", "time_s", "time_runs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"budget.{name} must be > 0 or null, got {value!r}")
+
+    def time_limit(self, median_run_seconds: float | None = None) -> float | None:
+        """The time budget in seconds (the smaller of time_s and time_runs x the median run cost)."""
+        limits = [self.time_s] if self.time_s is not None else []
+        if self.time_runs is not None:
+            if median_run_seconds is None:
+                raise ConfigError("budget.time_runs needs recorded runs of the held-out dataset (replay mode); "
+                                  "use budget.time_s in train mode")
+            limits.append(self.time_runs * median_run_seconds)
+        return min(limits) if limits else None
 
 
 @dataclass
@@ -201,9 +225,10 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
     controller = _Controller(searcher)
     tracker = SearchTracker()
     search_finished = False
+    time_limit = budget.time_limit(outcomes.median_cost())
 
     def budget_left() -> bool:
-        return budget.time_s is None or tracker.clock < budget.time_s
+        return time_limit is None or tracker.clock < time_limit
 
     def process_stops() -> None:  # as TuneController.stop_trial does for paused and pending trials
         while controller.stopped:

@@ -63,7 +63,11 @@ def run_benchmark(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("held_out") in (None, ""):
         raise ConfigError("set the held-out dataset: held_out=NAME (replay: a dataset of the meta-dataset; "
                           "train: a conf/dataset name, a MedMNIST .npz file or an image folder)")
-    budget = SearchBudget(**dict(cfg.get("budget") or {}))
+    budget_cfg = dict(cfg.get("budget") or {})
+    unknown = sorted(set(budget_cfg) - {"trials", "time_s", "time_runs"})
+    if unknown:
+        raise ConfigError(f"unknown budget keys {unknown}; a budget has trials, time_s and time_runs")
+    budget = SearchBudget(**budget_cfg)
     started = time.perf_counter()
     if mode == "replay":
         document = _run_replay(cfg, method, budget)
@@ -77,7 +81,7 @@ def run_benchmark(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "method": method,
         "seed": int(cfg.get("seed", 0)),
         "meta_dataset": str(cfg.get("meta_dataset")),
-        "budget": {"trials": budget.trials, "time_s": budget.time_s},
+        "budget": {"trials": budget.trials, "time_s": budget.time_s, "time_runs": budget.time_runs},
         **document,
         "wall_seconds": time.perf_counter() - started,
     }

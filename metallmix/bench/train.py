@@ -145,7 +145,7 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
         ),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n_trials, max_concurrent_trials=1, reuse_actors=True,
-                                    time_budget_s=budget.time_s if method not in ZERO_SHOT_METHODS else None),
+                                    time_budget_s=budget.time_limit() if method not in ZERO_SHOT_METHODS else None),
         run_config=tune.RunConfig(name=f"metallmix-bench-{method}", storage_path=str(Path(cfg.get("tune_storage")
                                   or Path.home() / "ray_results").expanduser()), callbacks=[collector], verbose=0),
     )

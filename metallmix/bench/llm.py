@@ -1,0 +1,69 @@
+"""The ``zeroshot_llm`` method: the configured LLM picks among the meta-learner's shortlist.
+
+The Recommender (meta-learner, SHAP explainer, retrieval index) is fitted on the meta-dataset without
+the held-out dataset; its shortlist is built over the held-out dataset's recorded configurations
+(``Recommender.shortlist_document``) and the LLM step of ``metallmix.llm`` picks one, exactly as
+``metallmix recommend --llm`` does (one repair, then the meta-learner's pick, flagged as a fallback).
+The engine (``llm=...``: smollm2, qwen2.5-coder-1.5b, a model folder, an OpenAI-compatible URL) is
+started once per process and reused by every job of a multirun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from metallmix.errors import ConfigError
+
+_ENGINES: dict[str, Any] = {}
+_RECOMMENDERS: dict[tuple, tuple[Any, float]] = {}
+
+
+def _engine(spec: Any) -> Any:
+    from metallmix.llm import make_engine
+
+    key = str(spec)
+    if key not in _ENGINES:
+        engine = make_engine(spec)
+        if engine is None:
+            raise ConfigError(f"llm={spec!r} names no engine; method=zeroshot_llm needs one, e.g. llm=smollm2")
+        _ENGINES[key] = engine
+        atexit.register(engine.close)
+    return _ENGINES[key]
+
+
+def _recommender(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tuple[Any, float]:
+    from metallmix.recommend import Recommender, content_hash
+
+    key = (content_hash(train_df), repr(sorted(dict(params).items())))
+    if key not in _RECOMMENDERS:
+        started = time.perf_counter()
+        recommender = Recommender(metalearner_params=dict(params)).fit(train_df)
+        _RECOMMENDERS[key] = (recommender, time.perf_counter() - started)
+    return _RECOMMENDERS[key]
+
+
+def llm_pick(cfg: Mapping[str, Any], train_df: pd.DataFrame, meta_features: dict[str, float],
+             candidates: pd.DataFrame) -> tuple[str, float, float, dict[str, Any]]:
+    """(picked candidate id, response seconds, fit seconds, extra result fields)."""
+    from metallmix.llm.pipeline import choose_candidate
+
+    if not cfg.get("llm"):
+        raise ConfigError("method=zeroshot_llm needs an engine: set llm=smollm2 (or another conf/llm name, a model "
+                          "folder, an OpenAI-compatible URL); run setup_llm.sh first for the local models")
+    engine = _engine(cfg["llm"])
+    recommender, fit_seconds = _recommender(train_df, cfg.get("learner") or {})
+    started = time.perf_counter()
+    document = recommender.shortlist_document(meta_features, candidates, int(cfg.get("llm_top_k", 5)))
+    picked = asyncio.run(choose_candidate(document, engine))
+    response_seconds = time.perf_counter() - started
+    llm = picked["llm"]
+    extra = {"llm": {"engine": str(cfg["llm"]), "chosen_rank": llm["chosen_rank"], "fallback": llm["fallback"],
+                     "fallback_reason": llm["fallback_reason"], "latency_s": llm["latency_s"],
+                     "metalearner_pick": document["candidate_id"]}}
+    return str(picked["candidate_id"]), response_seconds, fit_seconds, extra

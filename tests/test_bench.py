@@ -1,0 +1,293 @@
+"""The benchmark: candidate space, the simulated Tune controller of replay mode (checked against a
+real Tuner), a tiny replay multirun through Hydra with its report, and a tiny train-mode run."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metallmix.bench.replay import RecordedOutcomes, SearchBudget, simulate_search
+from metallmix.bench.report import load_results, results_table
+from metallmix.bench.run import RESULT_FILE, run_benchmark, without_dataset
+from metallmix.bench.search import build_search
+from metallmix.bench.space import CandidateSpace
+from metallmix.errors import ConfigError, DataError
+from metallmix.metadataset import load_meta_dataset
+from metallmix.metadataset.schema import config_columns
+from metallmix.metalearner import config_id
+from metallmix.sweep import expand_space
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKTUNE_DATASET = "MED_LF"  # real recorded runs (Quick-Tune), 50-epoch curves
+
+
+@pytest.fixture(scope="module")
+def quicktune():
+    return load_meta_dataset("quicktune:builtin")
+
+
+@pytest.fixture(scope="module")
+def recorded(quicktune):
+    held_out = quicktune[quicktune["dataset_id"] == QUICKTUNE_DATASET]
+    space = CandidateSpace(held_out.set_index("run_id")[config_columns(held_out)])
+    return RecordedOutcomes(held_out), space
+
+
+# --------------------------------------------------------------------------------------------------
+# the candidate space
+
+
+def test_every_candidate_is_its_own_nearest_point(recorded):
+    _, space = recorded
+    for candidate in space.ids[:40]:
+        assert space.nearest(space.point_of(candidate)) == candidate
+
+
+def test_nearest_skips_tried_candidates_and_reports_exhaustion(recorded):
+    _, space = recorded
+    first = space.ids[0]
+    point = space.point_of(first)
+    second = space.nearest(point, exclude={first})
+    assert second != first and second is not None
+    assert space.nearest(point, exclude=set(space.ids)) is None
+
+
+def test_backbone_outweighs_every_other_hyperparameter():
+    frame = pd.DataFrame({"cfg_model": ["a", "b", "b"], "cfg_lr": [0.001, 0.1, 0.001], "cfg_opt": ["sgd", "adam", "adam"]},
+                         index=["x", "y", "z"])
+    space = CandidateSpace(frame)
+    # "x" differs from the query in lr and opt, "y"/"z" differ in the backbone: "x" wins
+    assert space.nearest({"model": "a", "lr": 0.1, "opt": "adam"}) == "x"
+    assert space.nearest({"model": "b", "lr": 0.1}) == "y"
+    domains = space.param_space()
+    assert set(domains) == {"model", "lr", "opt"}
+
+
+def test_constant_or_empty_spaces_are_refused():
+    with pytest.raises(ConfigError, match="nothing to search"):
+        CandidateSpace(pd.DataFrame({"cfg_lr": [0.1, 0.1]}, index=["a", "b"])).param_space()
+    with pytest.raises(ConfigError, match="no candidate"):
+        CandidateSpace(pd.DataFrame({"cfg_lr": []}))
+
+
+# --------------------------------------------------------------------------------------------------
+# the simulated controller
+
+
+def _trials(outcome):
+    return [(t.config_id, t.epochs) for t in outcome.trials]
+
+
+def test_asha_stops_trials_early_and_bohb_pauses_within_the_trial_budget(recorded):
+    outcomes, space = recorded
+    budget = SearchBudget(trials=12)
+    runs = {}
+    for method in ("random", "asha", "bohb"):
+        searcher, scheduler = build_search(method, space, seed=1, first_points=[], max_epochs=outcomes.max_epochs)
+        runs[method] = simulate_search(searcher, scheduler, outcomes, budget)
+        assert len(runs[method].trials) == 12
+        assert len({t.config_id for t in runs[method].trials}) == 12  # every trial a new configuration
+    full = outcomes.max_epochs
+    assert all(t.epochs == outcomes.runs[t.config_id].n_epochs for t in runs["random"].trials)
+    assert sum(t.epochs < full for t in runs["asha"].trials) >= 6  # ASHA cut most trials short
+    assert runs["asha"].training_seconds < runs["random"].training_seconds
+    # same seed, same sampler: ASHA met the same configurations as random search
+    assert [t.config_id for t in runs["asha"].trials] == [t.config_id for t in runs["random"].trials]
+    assert sum(t.epochs < full for t in runs["bohb"].trials) >= 6
+
+
+def test_incumbent_and_trajectory_follow_the_recorded_values(recorded):
+    outcomes, space = recorded
+    searcher, scheduler = build_search("random", space, seed=0, first_points=[], max_epochs=outcomes.max_epochs)
+    outcome = simulate_search(searcher, scheduler, outcomes, SearchBudget(trials=8))
+    recorded_accuracy = {t.config_id: outcomes.runs[t.config_id].accuracy for t in outcome.trials}
+    best_val = {t.config_id: max(outcomes.runs[t.config_id].val_accuracy) for t in outcome.trials}
+    assert outcome.incumbent == max(best_val, key=best_val.get)
+    assert outcome.accuracy == recorded_accuracy[outcome.incumbent]
+    assert math.isclose(outcome.training_seconds, sum(outcomes.runs[c].cost_seconds for c in recorded_accuracy))
+    times = [p["time_seconds"] for p in outcome.trajectory]
+    assert times == sorted(times) and outcome.trajectory[-1]["accuracy"] == outcome.accuracy
+
+
+def test_time_budget_stops_the_search(recorded):
+    outcomes, space = recorded
+    limit = 3 * outcomes.median_cost()
+    searcher, scheduler = build_search("tpe", space, seed=0, first_points=[], max_epochs=outcomes.max_epochs)
+    outcome = simulate_search(searcher, scheduler, outcomes, SearchBudget(time_runs=3))
+    assert outcome.training_seconds >= limit
+    last_epoch = max(s for t in outcome.trials for s in outcomes.runs[t.config_id].epoch_seconds)
+    assert outcome.training_seconds < limit + last_epoch
+
+
+def test_simulated_controller_matches_a_real_tuner(recorded):
+    """The same searcher and scheduler driven by Ray Tune itself, with a trainable that reports the
+    recorded curves (a lookup, standing in for training only in this test), meet the same
+    configurations for the same number of epochs as replay mode's simulated controller."""
+    import ray
+    from ray import tune
+
+    from metallmix.bench.train import EpochCollector
+
+    outcomes, space = recorded
+    curves = {cid: run.val_accuracy for cid, run in outcomes.runs.items()}
+
+    def replay_trainable(config):
+        for value in curves[config["candidate_id"]]:
+            tune.report({"val_accuracy": value, "epoch_seconds": 1.0})
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        for method in ("asha", "tpe"):
+            budget = SearchBudget(trials=6)
+            searcher, scheduler = build_search(method, space, seed=3, first_points=[space.point_of(space.ids[5])],
+                                               max_epochs=outcomes.max_epochs)
+            simulated = simulate_search(searcher, scheduler, outcomes, budget)
+            searcher, scheduler = build_search(method, space, seed=3, first_points=[space.point_of(space.ids[5])],
+                                               max_epochs=outcomes.max_epochs)
+            collector = EpochCollector()
+            tune.Tuner(replay_trainable,
+                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=6,
+                                                   max_concurrent_trials=1),
+                       run_config=tune.RunConfig(callbacks=[collector], verbose=0)).fit()
+            assert _trials(collector.tracker.outcome()) == _trials(simulated), method
+            assert simulated.trials[0].config_id == space.ids[5]
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------
+# a tiny replay multirun through Hydra, and its report
+
+REPLAY_METHODS = ["zeroshot", "hybrid", "random", "tpe", "asha", "bohb"]
+
+
+@pytest.fixture(scope="module")
+def replay_multirun(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "multirun"
+    command = [sys.executable, "-m", "metallmix.bench", "-m", "mode=replay", "meta_dataset=sweeps/medium",
+               f"method={','.join(REPLAY_METHODS)}", "held_out=retinamnist,generated-c2-n600-r28-ch1-ib1-d0.2-s1",
+               "seed=0", "budget.trials=4", "+learner.n_ensemble=2", f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_replay_multirun_writes_one_result_per_job(replay_multirun):
+    files = sorted(replay_multirun.rglob(RESULT_FILE))
+    assert len(files) == 12
+    df = load_results(replay_multirun)
+    assert sorted(df["method"].unique()) == sorted(REPLAY_METHODS)
+    assert set(df.loc[df["method"] != "zeroshot", "n_trials"]) == {4}
+    assert set(df.loc[df["method"] == "zeroshot", "n_trials"]) == {0}
+
+
+def test_replay_results_are_the_recorded_outcomes(replay_multirun):
+    meta = load_meta_dataset("sweeps/medium")
+    df = load_results(replay_multirun)
+    for row in df.itertuples():
+        runs = meta[meta["dataset_id"] == row.dataset]
+        best, worst = runs["accuracy"].max(), runs["accuracy"].min()
+        assert row.reference == {"best_accuracy": best, "worst_accuracy": worst}
+        assert 0.0 <= row.normalized_regret <= 1.0
+        assert math.isclose(row.normalized_regret, (best - row.accuracy) / (best - worst))
+        if row.method == "zeroshot":  # the pick's recorded run: its accuracy and cost
+            picked = runs[runs["cfg_lr"].eq(row.best_config["lr"]) & runs["cfg_backbone"].eq(row.best_config["backbone"])
+                          & runs["cfg_strategy"].eq(row.best_config["strategy"])]
+            assert row.accuracy in set(picked["accuracy"])
+            assert any(math.isclose(row.training_seconds, cost) for cost in picked["cost_seconds"])
+        else:
+            assert math.isclose(row.training_seconds, sum(t["seconds"] for t in row.trials))
+            assert row.accuracy >= max(t["accuracy"] for t in row.trials) - 0.5  # reported within range
+    # every baseline evaluated the default configuration first
+    random_trials = df[df["method"] == "random"].iloc[0]["trials"]
+    default = meta[(meta["cfg_backbone"] == "efficientnet_lite0") & (meta["cfg_strategy"] == "full")
+                   & (meta["cfg_lr"] == 0.001) & (meta["cfg_weights"] == "imagenet")]
+    assert random_trials[0]["config_id"] in set(default["run_id"])
+
+
+def test_replay_report_table_has_the_papers_shape(replay_multirun):
+    df = load_results(replay_multirun)
+    table = results_table(df)
+    header = next(line for line in table.splitlines() if line.startswith("| dataset"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", *REPLAY_METHODS]
+    for dataset in ("retinamnist", "generated-c2-n600-r28-ch1-ib1-d0.2-s1"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {dataset} "))
+        best = df[df["dataset"] == dataset]["accuracy"].max()
+        assert f"**{100 * best:.1f}**" in row
+    regret_row = next(line for line in table.splitlines() if line.startswith("| mean normalised regret"))
+    zeroshot_regret = df[df["method"] == "zeroshot"]["normalized_regret"].mean()
+    assert f"{zeroshot_regret:.3f}" in regret_row.split("|")[2]
+    proc = subprocess.run([sys.executable, "-m", "metallmix.bench.report", str(replay_multirun)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (replay_multirun / "report.md").is_file() and (replay_multirun / "regret_vs_time.png").is_file()
+
+
+def test_the_held_out_dataset_and_its_derivatives_leave_the_training_data():
+    meta = load_meta_dataset("sweeps/medium")
+    kept = without_dataset(meta, "breastmnist")
+    assert not kept["dataset_id"].str.startswith("breastmnist").any()
+    assert kept["dataset_id"].str.startswith("retinamnist").any()
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"method": "grid"}, ConfigError, "method='grid'"),
+    ({"held_out": None}, ConfigError, "held_out=NAME"),
+    ({"held_out": "NOPE"}, DataError, "no recorded runs"),
+    ({"budget": {"trials": None}}, ConfigError, "set a budget"),
+    ({"budget": {"trials": 0}}, ConfigError, "budget.trials must be > 0"),
+    ({"budget": {"trails": 3}}, ConfigError, "unknown budget keys"),
+    ({"method": "zeroshot_llm"}, ConfigError, "needs an engine"),
+])
+def test_bad_benchmark_settings_say_what_to_fix(change, error, message):
+    cfg = {"mode": "replay", "method": "random", "held_out": "retinamnist", "meta_dataset": "sweeps/medium",
+           "budget": {"trials": 2}, "learner": {"n_ensemble": 1}, **change}
+    with pytest.raises(error, match=message):
+        run_benchmark(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# train mode: real training through Ray Tune
+
+TINY_DATASET = {"kind": "generated", "n_classes": 2, "n_images": 160, "resolution": 16, "channels": 1,
+                "imbalance": 1.0, "difficulty": 0.1, "seed": 5}
+TINY_SPACE = {"name": "tiny", "grid": [{"backbone": ["resnet18"], "lr": [0.0003, 0.003, 0.03]},
+                                       {"backbone": ["mobilenet_v3_small"], "lr": [0.003]}],
+              "fixed": {"weights": "none", "strategy": "full", "optimizer": "adam", "epochs": 2, "batch_size": 32,
+                        "input_size": 16, "augmentation": "none"}}
+
+
+def test_train_mode_runs_every_method_with_real_training():
+    import ray
+
+    results = {}
+    try:
+        for method in REPLAY_METHODS:
+            cfg = {"mode": "train", "method": method, "held_out": TINY_DATASET, "meta_dataset": "sweeps/default",
+                   "seed": 0, "budget": {"trials": 2}, "space": TINY_SPACE, "learner": {"n_ensemble": 2},
+                   "default_configs": {"tiny": {"backbone": "resnet18", "lr": 0.003}}, "hybrid": {"seed_points": 1},
+                   "train": {"resources": {"cpu": 1}, "ray": {"num_cpus": 2}}}
+            results[method] = run_benchmark(cfg)
+    finally:
+        ray.shutdown()
+    for method, result in results.items():
+        assert result["mode"] == "train" and result["dataset"].startswith("generated-c2-n160")
+        assert 0.0 <= result["accuracy"] <= 1.0 and result["training_seconds"] > 0
+        json.dumps(result)  # a JSON document
+        if method == "zeroshot":
+            assert result["n_trials"] == 0 and result["fit_seconds"] > 0
+            assert result["recommendation_seconds"] < result["wall_seconds"]
+        else:
+            assert result["n_trials"] == 2 and len({t["config_id"] for t in result["trials"]}) == 2
+            assert all(t["epochs"] >= 1 for t in result["trials"])
+    default_id = config_id(next(c for c in expand_space(TINY_SPACE) if c["backbone"] == "resnet18" and c["lr"] == 0.003))
+    for method in ("random", "tpe", "asha", "bohb"):  # the default config first
+        assert results[method]["trials"][0]["config_id"] == default_id, method
+    # the hybrid's first trial is the zero-shot pick, trained with the same seed: same test accuracy
+    assert results["hybrid"]["trials"][0]["accuracy"] == pytest.approx(results["zeroshot"]["accuracy"])
+    assert np.isfinite([r["accuracy"] for r in results.values()]).all()
