@@ -3,3 +3,6 @@
 See ``metallmix.bench.run`` for the methods, modes and result fields, ``metallmix.bench.report`` for
 the comparison table and plots, and docs/benchmarks.md for the latest numbers.
 """
+
+RESULT_FILE = "bench_result.json"  # one per benchmark job, in its Hydra job folder
+FORMAT_VERSION = 1  # of that file

@@ -36,10 +36,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from metallmix.bench import FORMAT_VERSION, RESULT_FILE
 from metallmix.errors import ConfigError, DataError, MetallmixError
 
-RESULT_FILE_NAME = "bench_result.json"
-FORMAT_VERSION = 1
 MODES = ("replay", "train")
 REQUIRED_KEYS = (
     "format_version", "mode", "method", "dataset", "seed", "meta_dataset", "budget", "accuracy",
@@ -72,10 +71,10 @@ def load_results(folder: str | Path, mode: str | None = None) -> pd.DataFrame:
     if not root.is_dir():
         raise DataError(f"results folder {root} does not exist; pass the folder a "
                         "`python -m metallmix.bench -m ...` multirun wrote (e.g. multirun/DATE/TIME)")
-    paths = sorted(root.rglob(RESULT_FILE_NAME))
+    paths = sorted(root.rglob(RESULT_FILE))
     if not paths:
-        raise DataError(f"no {RESULT_FILE_NAME} files below {root}; pass the output folder of a "
-                        f"`python -m metallmix.bench -m ...` multirun (each job folder holds one {RESULT_FILE_NAME})")
+        raise DataError(f"no {RESULT_FILE} files below {root}; pass the output folder of a "
+                        f"`python -m metallmix.bench -m ...` multirun (each job folder holds one {RESULT_FILE})")
     results = pd.DataFrame([read_result(path) for path in paths])
     return with_regret(select_mode(results, mode, root))
 
@@ -192,7 +191,9 @@ def format_budget(budget: dict[str, Any]) -> str:
     if budget["trials"] is not None:
         parts.append(f"{budget['trials']} trials")
     if budget["time_s"] is not None:
-        parts.append(human_duration(budget["time_s"]))
+        parts.append(f"{human_duration(budget['time_s'])} of training")
+    if budget.get("time_runs") is not None:
+        parts.append(f"training time of {budget['time_runs']:g} median runs")
     return " / ".join(parts) or "unlimited"
 
 
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m metallmix.bench.report``: print the table and targets, write the report; exit status."""
     parser = argparse.ArgumentParser(prog="python -m metallmix.bench.report",
                                      description="Report the results of a `python -m metallmix.bench -m ...` multirun.")
-    parser.add_argument("folder", metavar="MULTIRUN_DIR", help=f"folder searched recursively for {RESULT_FILE_NAME}")
+    parser.add_argument("folder", metavar="MULTIRUN_DIR", help=f"folder searched recursively for {RESULT_FILE}")
     parser.add_argument("--out", metavar="DIR", help="where to write report.md and the plots (default: MULTIRUN_DIR)")
     parser.add_argument("--mode", choices=MODES, help="report only the results of this mode")
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ multirun folder into the comparison table and plots.
 
 Methods:
 
-- ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
+- ``zeroshot``: the meta-learner's top-scored candidate (or, with ``zeroshot.accuracy_tolerance``,
+  the cheapest predicted within that accuracy of it), trained once; no search.
 - ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm=...``).
 - ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
   default configuration of the search space (``default_configs``) evaluated first.
@@ -38,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from metallmix.bench import FORMAT_VERSION, RESULT_FILE
 from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome, simulate_search
 from metallmix.bench.search import HPO_METHODS, build_search
 from metallmix.bench.space import CandidateSpace
@@ -45,8 +47,6 @@ from metallmix.errors import ConfigError, DataError
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns
 
-FORMAT_VERSION = 1
-RESULT_FILE = "bench_result.json"
 ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm")
 METHODS = ZERO_SHOT_METHODS + HPO_METHODS
 MODES = ("replay", "train")
@@ -98,7 +98,8 @@ def without_dataset(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=4)
-def _meta_dataset(spec: str) -> pd.DataFrame:
+def meta_dataset(spec: str) -> pd.DataFrame:
+    """The meta-dataset of a spec string, loaded once per process (shared: do not modify it)."""
     return load_meta_dataset(spec)
 
 
@@ -119,13 +120,28 @@ def fitted_metalearner(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tup
 
 
 def zero_shot_ranking(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame,
-                      params: Mapping[str, Any]) -> tuple[list[str], float, float]:
-    """Candidate ids, best score first; prediction seconds; fit seconds (0 when reused)."""
+                      params: Mapping[str, Any], accuracy_tolerance: float = 0.0) -> tuple[list[str], float, float]:
+    """Candidate ids, the pick first, then by score; prediction seconds; the (offline) fit's seconds.
+
+    The pick is the top-scored candidate; with ``accuracy_tolerance`` > 0, the candidate of lowest
+    predicted training time among those whose predicted accuracy is at most that much below the
+    top-scored one's (a cheaper run for a small predicted loss)."""
+    if not 0.0 <= accuracy_tolerance < 1.0:
+        raise ConfigError(f"zeroshot.accuracy_tolerance must be in [0, 1), got {accuracy_tolerance!r}")
     learner, fit_seconds = fitted_metalearner(train_df, params)
     started = time.perf_counter()
-    scores = learner.predict(meta_features, candidates)["score"].set_axis(candidates.index)
-    order = scores.sort_values(ascending=False, kind="stable").index
+    predictions = learner.predict(meta_features, candidates).set_axis(candidates.index)
+    order = list(predictions["score"].sort_values(ascending=False, kind="stable").index)
+    if accuracy_tolerance > 0:
+        floor = predictions.loc[order[0], "pred_accuracy"] - accuracy_tolerance
+        eligible = predictions[predictions["pred_accuracy"] >= floor]
+        pick = eligible["pred_cost_seconds"].idxmin() if len(eligible) else order[0]
+        order = [pick] + [c for c in order if c != pick]
     return [str(c) for c in order], time.perf_counter() - started, fit_seconds
+
+
+def accuracy_tolerance(cfg: Mapping[str, Any]) -> float:
+    return float((cfg.get("zeroshot") or {}).get("accuracy_tolerance") or 0.0)
 
 
 def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str],
@@ -165,7 +181,7 @@ def search_document(outcome: SearchOutcome, space: CandidateSpace) -> dict[str, 
 
 def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
     spec = str(cfg.get("meta_dataset"))
-    df = _meta_dataset(spec)
+    df = meta_dataset(spec)
     dataset = str(cfg["held_out"])
     datasets = sorted(df["dataset_id"].unique())
     if dataset not in datasets:
@@ -184,7 +200,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     predict_seconds = fit_seconds = 0.0
     if method in ("zeroshot", "hybrid"):
         ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                  cfg.get("learner") or {})
+                                                                  cfg.get("learner") or {}, accuracy_tolerance(cfg))
     document: dict[str, Any]
     if method in ZERO_SHOT_METHODS:
         extra: dict[str, Any] = {}

@@ -16,7 +16,6 @@ import atexit
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -98,9 +97,9 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import ZERO_SHOT_METHODS, first_points, search_document, without_dataset, zero_shot_ranking
+    from metallmix.bench.run import (ZERO_SHOT_METHODS, accuracy_tolerance, first_points, meta_dataset, search_document,
+                                      without_dataset, zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
-    from metallmix.metadataset import load_meta_dataset
     from metallmix.training import check_weights_available
 
     train_cfg = dict(cfg.get("train") or {})
@@ -123,9 +122,9 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     ranking: list[str] = []
     predict_seconds = fit_seconds = 0.0
     if method in ("zeroshot", "hybrid"):
-        train_df = without_dataset(load_meta_dataset(str(cfg["meta_dataset"])), held_out_id)
+        train_df = without_dataset(meta_dataset(str(cfg["meta_dataset"])), held_out_id)
         ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                  cfg.get("learner") or {})
+                                                                  cfg.get("learner") or {}, accuracy_tolerance(cfg))
     max_epochs = max(int(c["epochs"]) for c in configs.values())
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
@@ -146,8 +145,8 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=n_trials, max_concurrent_trials=1, reuse_actors=True,
                                     time_budget_s=budget.time_limit() if method not in ZERO_SHOT_METHODS else None),
-        run_config=tune.RunConfig(name=f"metallmix-bench-{method}", storage_path=str(Path(cfg.get("tune_storage")
-                                  or Path.home() / "ray_results").expanduser()), callbacks=[collector], verbose=0),
+        run_config=tune.RunConfig(name=f"metallmix-bench-{method}", storage_path=train_cfg.get("storage") or None,
+                                  callbacks=[collector], verbose=0),
     )
     search_started = time.perf_counter()
     tuner.fit()
