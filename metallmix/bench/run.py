@@ -49,6 +49,7 @@ from metallmix.metadataset.schema import config_columns
 
 ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm")
 METHODS = ZERO_SHOT_METHODS + HPO_METHODS
+META_LEARNED_METHODS = ("zeroshot", "zeroshot_llm", "hybrid")  # fit on the meta-dataset first
 MODES = ("replay", "train")
 WITHIN = 0.01  # "within 1% of the final best": 0.01 accuracy
 
@@ -233,7 +234,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         **document,
         "normalized_regret": _regret(document["accuracy"], outcomes.best, outcomes.worst),
         "reference": {"best_accuracy": outcomes.best, "worst_accuracy": outcomes.worst},
-        "fit_seconds": fit_seconds if method in ("zeroshot", "zeroshot_llm", "hybrid") else None,
+        "fit_seconds": fit_seconds if method in META_LEARNED_METHODS else None,
     }
 
 

@@ -25,7 +25,6 @@ from ray.tune.schedulers import FIFOScheduler
 from metallmix.bench.replay import SearchBudget, SearchTracker
 from metallmix.bench.search import METRIC, CandidateSearcher, RandomSearcher, build_search
 from metallmix.bench.space import CANDIDATE_KEY, CandidateSpace
-from metallmix.errors import ConfigError
 from metallmix.metadataset.schema import CFG_PREFIX
 
 FAILED_ACCURACY = 0.0
@@ -97,16 +96,14 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import (ZERO_SHOT_METHODS, accuracy_tolerance, first_points, meta_dataset, search_document,
-                                      without_dataset, zero_shot_ranking)
+    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, accuracy_tolerance, first_points,
+                                      meta_dataset, search_document, without_dataset, zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
     from metallmix.training import check_weights_available
 
     train_cfg = dict(cfg.get("train") or {})
     seed = int(cfg.get("seed", 0))
     allow_download = bool(train_cfg.get("allow_download", False))
-    if method == "zeroshot_llm":
-        raise ConfigError("method=zeroshot_llm runs in replay mode only; use mode=replay")
     candidates, configs = grid_candidates(cfg["space"], train_cfg.get("epochs"))
     for backbone, weights in sorted({(c["backbone"], c.get("weights", "none")) for c in configs.values()}):
         check_weights_available(backbone, weights, allow_download=allow_download)
@@ -121,17 +118,24 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
 
     ranking: list[str] = []
     predict_seconds = fit_seconds = 0.0
-    if method in ("zeroshot", "hybrid"):
+    extra: dict[str, Any] = {}
+    if method in META_LEARNED_METHODS:
         train_df = without_dataset(meta_dataset(str(cfg["meta_dataset"])), held_out_id)
-        ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                  cfg.get("learner") or {}, accuracy_tolerance(cfg))
+        if method == "zeroshot_llm":
+            from metallmix.bench.llm import llm_pick
+
+            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, train_df, meta_features, candidates)
+            ranking = [pick]
+        else:
+            ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
+                                                                      cfg.get("learner") or {}, accuracy_tolerance(cfg))
     max_epochs = max(int(c["epochs"]) for c in configs.values())
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
         scheduler, n_trials = FIFOScheduler(), 1
     else:
-        searcher, scheduler = build_search(method, space, seed=seed, max_epochs=max_epochs,
-                                           first_points=first_points(cfg, method, space, ranking, str(cfg["space"].get("name", ""))))
+        points = first_points(cfg, method, space, ranking, str(cfg["space"].get("name", "")))
+        searcher, scheduler = build_search(method, space, seed=seed, max_epochs=max_epochs, first_points=points)
         n_trials = budget.trials if budget.trials is not None else -1
 
     _ensure_ray(train_cfg.get("ray") or {})
@@ -164,7 +168,8 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
         **document,
         "normalized_regret": None,
         "reference": {"best_accuracy": None, "worst_accuracy": None},
-        "fit_seconds": fit_seconds if method in ("zeroshot", "hybrid") else None,
+        "fit_seconds": fit_seconds if method in META_LEARNED_METHODS else None,
+        **extra,
     }
 
 
