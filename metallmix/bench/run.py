@@ -7,8 +7,7 @@ multirun folder into the comparison table and plots.
 
 Methods:
 
-- ``zeroshot``: the meta-learner's top-scored candidate (or, with ``zeroshot.accuracy_tolerance``,
-  the cheapest predicted within that accuracy of it), trained once; no search.
+- ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
 - ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm=...``).
 - ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
   default configuration of the search space (``default_configs``) evaluated first.
@@ -121,28 +120,13 @@ def fitted_metalearner(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tup
 
 
 def zero_shot_ranking(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame,
-                      params: Mapping[str, Any], accuracy_tolerance: float = 0.0) -> tuple[list[str], float, float]:
-    """Candidate ids, the pick first, then by score; prediction seconds; the (offline) fit's seconds.
-
-    The pick is the top-scored candidate; with ``accuracy_tolerance`` > 0, the candidate of lowest
-    predicted training time among those whose predicted accuracy is at most that much below the
-    top-scored one's (a cheaper run for a small predicted loss)."""
-    if not 0.0 <= accuracy_tolerance < 1.0:
-        raise ConfigError(f"zeroshot.accuracy_tolerance must be in [0, 1), got {accuracy_tolerance!r}")
+                      params: Mapping[str, Any]) -> tuple[list[str], float, float]:
+    """Candidate ids, best score first; prediction seconds; the (offline) fit's seconds."""
     learner, fit_seconds = fitted_metalearner(train_df, params)
     started = time.perf_counter()
-    predictions = learner.predict(meta_features, candidates).set_axis(candidates.index)
-    order = list(predictions["score"].sort_values(ascending=False, kind="stable").index)
-    if accuracy_tolerance > 0:
-        floor = predictions.loc[order[0], "pred_accuracy"] - accuracy_tolerance
-        eligible = predictions[predictions["pred_accuracy"] >= floor]
-        pick = eligible["pred_cost_seconds"].idxmin() if len(eligible) else order[0]
-        order = [pick] + [c for c in order if c != pick]
+    scores = learner.predict(meta_features, candidates)["score"].set_axis(candidates.index)
+    order = scores.sort_values(ascending=False, kind="stable").index
     return [str(c) for c in order], time.perf_counter() - started, fit_seconds
-
-
-def accuracy_tolerance(cfg: Mapping[str, Any]) -> float:
-    return float((cfg.get("zeroshot") or {}).get("accuracy_tolerance") or 0.0)
 
 
 def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str],
@@ -201,7 +185,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     predict_seconds = fit_seconds = 0.0
     if method in ("zeroshot", "hybrid"):
         ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                  cfg.get("learner") or {}, accuracy_tolerance(cfg))
+                                                                  cfg.get("learner") or {})
     document: dict[str, Any]
     if method in ZERO_SHOT_METHODS:
         extra: dict[str, Any] = {}

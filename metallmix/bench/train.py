@@ -96,7 +96,7 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, accuracy_tolerance, first_points,
+    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points,
                                       meta_dataset, search_document, without_dataset, zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
     from metallmix.training import check_weights_available
@@ -128,7 +128,7 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
             ranking = [pick]
         else:
             ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                      cfg.get("learner") or {}, accuracy_tolerance(cfg))
+                                                                      cfg.get("learner") or {})
     max_epochs = max(int(c["epochs"]) for c in configs.values())
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
