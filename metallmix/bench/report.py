@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from matplotlib.figure import Figure
 
 from metallmix.bench import FORMAT_VERSION, RESULT_FILE
 from metallmix.errors import ConfigError, DataError, MetallmixError
+from metallmix.metadataset.store import atomic_write
 
 MODES = ("replay", "train")
 REQUIRED_KEYS = (
@@ -339,7 +338,7 @@ def positive_floor(times: Iterable[float]) -> float:
 
 def save_figure(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
@@ -395,22 +394,8 @@ def plot_accuracy_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
 # --- report --------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary sibling file and rename it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def report_markdown(folder: Path, results: pd.DataFrame, table: str, target_lines: list[str]) -> str:

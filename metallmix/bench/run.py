@@ -30,10 +30,10 @@ final accuracy), n_trials, the incumbent trajectory and every trial.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,6 +45,7 @@ from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns
+from metallmix.metadataset.store import atomic_write
 
 ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm")
 METHODS = ZERO_SHOT_METHODS + HPO_METHODS
@@ -234,13 +235,9 @@ def _regret(accuracy: float | None, best: float, worst: float) -> float | None:
 
 def write_result(document: dict[str, Any], folder: str) -> str:
     """Write the result atomically into ``folder``; returns its path."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, RESULT_FILE)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(document, handle, indent=1, default=str)
-    os.replace(temporary, path)
-    return path
+    path = Path(folder) / RESULT_FILE
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1, default=str)))
+    return str(path)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ DEFAULT_META_DATASET = "quicktune:builtin"
 MANIFEST_NAME = "manifest.json"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(temporary path)`` on a sibling file, then rename it over ``path``: readers never
+    see half a file, and a crash leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -45,7 +48,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
-    _atomic_write_bytes(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
+    atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:
@@ -54,7 +57,7 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
 
-    _atomic_write_bytes(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 class MetaDatasetStore:
