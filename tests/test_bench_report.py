@@ -172,8 +172,8 @@ def test_table_has_datasets_as_rows_and_methods_in_the_papers_order(replay_folde
     rows = table_rows(table)
     assert rows["dataset"] == ["zeroshot", "hybrid", "random", "tpe"]
     assert list(rows)[1:3] == ["alpha", "beta"]
-    assert list(rows)[3:] == ["mean normalised regret", "datasets won", "mean training time",
-                              "mean response time", "n trials (mean)"]
+    assert list(rows)[3:] == ["mean normalised regret", "datasets won", "mean training time", "mean response time",
+                              "mean training time to within 1 point of the final accuracy", "n trials (mean)"]
     legend = table.splitlines()[0]
     assert "Mode: replay" in legend and "budget: 20 trials;" in legend and "seeds 0, 1" in legend
 
@@ -222,6 +222,14 @@ def test_targets_fail_with_their_numbers(tmp_path: Path) -> None:
     assert hybrid.startswith("FAIL")
     assert numbers_after("vs asha:", hybrid) == pytest.approx((0.1125, 0.0375), abs=1e-3)
     assert re.search(r"vs asha:[^;]*\(not met\)", hybrid) and re.search(r"vs tpe:[^;]*\(ok\)", hybrid)
+
+
+def test_train_mode_target_sums_the_jobs_wall_time(tmp_path: Path) -> None:
+    quick = [make_result("random", "alpha", seed, 0.7, mode="train", recommendation_seconds=55.0) for seed in (0, 1)]
+    lines = targets(load_results(write_results(tmp_path / "quick", quick)))
+    assert len(lines) == 3 and lines[2].startswith("PASS") and "2 jobs took 2.0 min" in lines[2]
+    slow = [make_result("random", "alpha", seed, 0.7, mode="train", recommendation_seconds=1000.0) for seed in (0, 1)]
+    assert targets(load_results(write_results(tmp_path / "slow", slow)))[2].startswith("FAIL")
 
 
 def test_targets_not_applicable_without_the_methods(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ The Recommender (meta-learner, SHAP explainer, retrieval index) is fitted on the
 the held-out dataset; its shortlist is built over the held-out dataset's recorded configurations
 (``Recommender.shortlist_document``) and the LLM step of ``metallmix.llm`` picks one, exactly as
 ``metallmix recommend --llm`` does (one repair, then the meta-learner's pick, flagged as a fallback).
-The engine (``llm=...``: smollm2, qwen2.5-coder-1.5b, a model folder, an OpenAI-compatible URL) is
+The engine (``llm_engine=...``: smollm2, qwen2.5-coder-1.5b, a model folder, an OpenAI-compatible URL) is
 started once per process and reused by every job of a multirun.
 """
 
@@ -31,7 +31,7 @@ def _engine(spec: Any) -> Any:
     if key not in _ENGINES:
         engine = make_engine(spec)
         if engine is None:
-            raise ConfigError(f"llm={spec!r} names no engine; method=zeroshot_llm needs one, e.g. llm=smollm2")
+            raise ConfigError(f"llm_engine={spec!r} names no engine; method=zeroshot_llm needs one, e.g. llm_engine=smollm2")
         _ENGINES[key] = engine
         atexit.register(engine.close)
     return _ENGINES[key]
@@ -53,17 +53,17 @@ def llm_pick(cfg: Mapping[str, Any], train_df: pd.DataFrame, meta_features: dict
     """(picked candidate id, response seconds, fit seconds, extra result fields)."""
     from metallmix.llm.pipeline import choose_candidate
 
-    if not cfg.get("llm"):
-        raise ConfigError("method=zeroshot_llm needs an engine: set llm=smollm2 (or another conf/llm name, a model "
+    if not cfg.get("llm_engine"):
+        raise ConfigError("method=zeroshot_llm needs an engine: set llm_engine=smollm2 (or another conf/llm name, a model "
                           "folder, an OpenAI-compatible URL); run setup_llm.sh first for the local models")
-    engine = _engine(cfg["llm"])
+    engine = _engine(cfg["llm_engine"])
     recommender, fit_seconds = _recommender(train_df, cfg.get("learner") or {})
     started = time.perf_counter()
     document = recommender.shortlist_document(meta_features, candidates, int(cfg.get("llm_top_k", 5)))
     picked = asyncio.run(choose_candidate(document, engine))
     response_seconds = time.perf_counter() - started
     llm = picked["llm"]
-    extra = {"llm": {"engine": str(cfg["llm"]), "chosen_rank": llm["chosen_rank"], "fallback": llm["fallback"],
+    extra = {"llm": {"engine": str(cfg["llm_engine"]), "chosen_rank": llm["chosen_rank"], "fallback": llm["fallback"],
                      "fallback_reason": llm["fallback_reason"], "latency_s": llm["latency_s"],
                      "metalearner_pick": document["candidate_id"]}}
     return str(picked["candidate_id"]), response_seconds, fit_seconds, extra

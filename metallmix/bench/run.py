@@ -8,7 +8,7 @@ multirun folder into the comparison table and plots.
 Methods:
 
 - ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
-- ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm=...``).
+- ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm_engine=...``).
 - ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
   default configuration of the search space (``default_configs``) evaluated first.
 - ``hybrid``: TPE seeded with the zero-shot top ``hybrid.seed_points`` candidates.
