@@ -36,9 +36,8 @@ HPO_METHODS = ("random", "tpe", "asha", "bohb", "hybrid")
 class RandomSearcher(Searcher):
     """Uniform random search over Tune domains, seeded, with points to evaluate first."""
 
-    def __init__(self, *, seed: int, points_to_evaluate: Sequence[dict[str, Any]] = (), metric: str = METRIC,
-                 mode: str = MODE):
-        super().__init__(metric=metric, mode=mode)
+    def __init__(self, *, seed: int, points_to_evaluate: Sequence[dict[str, Any]] = ()):
+        super().__init__(metric=METRIC, mode=MODE)
         self._rng = np.random.default_rng(seed)
         self._points = [dict(p) for p in points_to_evaluate]
         self._space: dict[str, Any] | None = None
@@ -61,9 +60,9 @@ class RandomSearcher(Searcher):
 class CandidateSearcher(Searcher):
     """Wraps a Tune searcher: each proposal becomes the closest untried candidate of ``space``.
 
-    The wrapped searcher is given the space here. The suggested config holds the candidate's hyperparameters and its id under ``candidate_id``;
-    results go back to the wrapped searcher, keyed by trial id, for the point it proposed. When every
-    candidate has been tried the search is finished.
+    The wrapped searcher is given the space here. The suggested config holds the candidate's
+    hyperparameters and its id under ``candidate_id``; results go back to the wrapped searcher, keyed
+    by trial id, for the point it proposed. When every candidate has been tried the search is finished.
     """
 
     def __init__(self, searcher: Any, space: CandidateSpace):
@@ -75,7 +74,7 @@ class CandidateSearcher(Searcher):
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """The space is the candidates' (set at construction); Tune's call only confirms metric and mode."""
-        if (metric, mode) != (METRIC, MODE):
+        if metric not in (None, METRIC) or mode not in (None, MODE):
             raise ConfigError(f"the benchmark searches {METRIC} ({MODE}); got metric={metric!r}, mode={mode!r}")
         return True
 
