@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from metallmix.bench import FORMAT_VERSION, RESULT_FILE
 from metallmix.errors import ConfigError, DataError, MetallmixError
+from metallmix.evaluate import normalized_regret
 from metallmix.metadataset.store import atomic_write
 
 MODES = ("replay", "train")
@@ -141,11 +142,6 @@ def accuracy_pools(results: pd.DataFrame) -> tuple[dict[str, float], dict[str, f
         pool.extend(trial["accuracy"] for trial in row.trials)
     finite = {dataset: [a for a in pool if a is not None and math.isfinite(a)] for dataset, pool in pools.items()}
     return ({d: max(pool) for d, pool in finite.items() if pool}, {d: min(pool) for d, pool in finite.items() if pool})
-
-
-def normalized_regret(accuracy: float, best: float, worst: float) -> float:
-    """(best - accuracy) / (best - worst); 0 when best == worst."""
-    return 0.0 if best == worst else (best - accuracy) / (best - worst)
 
 
 # --- table ---------------------------------------------------------------------------------------
