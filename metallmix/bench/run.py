@@ -43,6 +43,7 @@ from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome
 from metallmix.bench.search import HPO_METHODS, build_search
 from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError
+from metallmix.evaluate import normalized_regret
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns
 from metallmix.metadataset.store import atomic_write
@@ -174,7 +175,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         raise DataError(f"dataset {dataset!r} has no recorded runs in {spec}; replay needs one of {datasets}")
     held_out = df[df["dataset_id"] == dataset]
     train_df = without_dataset(df, dataset)
-    if train_df["dataset_id"].nunique() < 1:
+    if train_df.empty:
         raise DataError(f"{spec} holds no dataset besides {dataset!r}: nothing to learn from")
     outcomes = RecordedOutcomes(held_out)
     candidates = held_out.set_index("run_id")[config_columns(held_out)]
@@ -224,8 +225,6 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
 
 
 def _regret(accuracy: float | None, best: float, worst: float) -> float | None:
-    from metallmix.evaluate import normalized_regret
-
     return None if accuracy is None else normalized_regret(accuracy, best, worst)
 
 
