@@ -21,7 +21,6 @@ import pandas as pd
 from metallmix.errors import ConfigError
 
 _ENGINES: dict[str, Any] = {}
-_RECOMMENDERS: dict[tuple, tuple[Any, float]] = {}
 
 
 def _engine(spec: Any) -> Any:
@@ -37,27 +36,20 @@ def _engine(spec: Any) -> Any:
     return _ENGINES[key]
 
 
-def _recommender(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tuple[Any, float]:
-    from metallmix.recommend import Recommender, content_hash
-
-    key = (content_hash(train_df), repr(sorted(dict(params).items())))
-    if key not in _RECOMMENDERS:
-        started = time.perf_counter()
-        recommender = Recommender(metalearner_params=dict(params)).fit(train_df)
-        _RECOMMENDERS[key] = (recommender, time.perf_counter() - started)
-    return _RECOMMENDERS[key]
-
-
-def llm_pick(cfg: Mapping[str, Any], train_df: pd.DataFrame, meta_features: dict[str, float],
+def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, float],
              candidates: pd.DataFrame) -> tuple[str, float, float, dict[str, Any]]:
     """(picked candidate id, response seconds, fit seconds, extra result fields)."""
+    from metallmix.bench.run import fitted_without
     from metallmix.llm.pipeline import choose_candidate
+    from metallmix.recommend import Recommender
 
     if not cfg.get("llm_engine"):
         raise ConfigError("method=zeroshot_llm needs an engine: set llm_engine=smollm2 (or another conf/llm name, a model "
                           "folder, an OpenAI-compatible URL); run setup_llm.sh first for the local models")
     engine = _engine(cfg["llm_engine"])
-    recommender, fit_seconds = _recommender(train_df, cfg.get("learner") or {})
+    params = cfg.get("learner") or {}
+    recommender, fit_seconds = fitted_without("recommender", lambda: Recommender(metalearner_params=dict(params)),
+                                              str(cfg["meta_dataset"]), held_out, params)
     started = time.perf_counter()
     document = recommender.shortlist_document(meta_features, candidates, int(cfg.get("llm_top_k", 5)))
     picked = asyncio.run(choose_candidate(document, engine))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -105,26 +105,30 @@ def meta_dataset(spec: str) -> pd.DataFrame:
     return load_meta_dataset(spec)
 
 
-_FITTED: dict[tuple, Any] = {}
+_FITTED: dict[tuple, tuple[Any, float]] = {}
 
 
-def fitted_metalearner(train_df: pd.DataFrame, params: Mapping[str, Any]) -> tuple[Any, float]:
-    """A MetaLearner fitted on ``train_df`` (kept per process for repeated jobs) and its fit seconds."""
-    from metallmix.metalearner import MetaLearner
-    from metallmix.recommend import content_hash
-
-    key = (content_hash(train_df), json.dumps(dict(params), sort_keys=True, default=str))
+def fitted_without(kind: str, build: Callable[[], Any], spec: str, held_out: str,
+                   params: Mapping[str, Any]) -> tuple[Any, float]:
+    """``build().fit(...)`` on the meta-dataset ``spec`` without ``held_out`` and the datasets derived
+    from it, and the fit's seconds. Fitted once per process for each (kind, spec, held_out, params):
+    the jobs of a multirun that hold out the same dataset share the fit (``meta_dataset`` loads a spec
+    once per process, so these name the training data)."""
+    key = (kind, spec, held_out, json.dumps(dict(params), sort_keys=True, default=str))
     if key not in _FITTED:
+        train_df = without_dataset(meta_dataset(spec), held_out)
         started = time.perf_counter()
-        learner = MetaLearner(**dict(params)).fit(train_df)
-        _FITTED[key] = (learner, time.perf_counter() - started)
+        model = build().fit(train_df)
+        _FITTED[key] = (model, time.perf_counter() - started)
     return _FITTED[key]
 
 
-def zero_shot_ranking(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame,
+def zero_shot_ranking(spec: str, held_out: str, meta_features: dict[str, float], candidates: pd.DataFrame,
                       params: Mapping[str, Any]) -> tuple[list[str], float, float]:
     """Candidate ids, best score first; prediction seconds; the (offline) fit's seconds."""
-    learner, fit_seconds = fitted_metalearner(train_df, params)
+    from metallmix.metalearner import MetaLearner
+
+    learner, fit_seconds = fitted_without("metalearner", lambda: MetaLearner(**dict(params)), spec, held_out, params)
     started = time.perf_counter()
     scores = learner.predict(meta_features, candidates)["score"].set_axis(candidates.index)
     order = scores.sort_values(ascending=False, kind="stable").index
@@ -174,8 +178,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     if dataset not in datasets:
         raise DataError(f"dataset {dataset!r} has no recorded runs in {spec}; replay needs one of {datasets}")
     held_out = df[df["dataset_id"] == dataset]
-    train_df = without_dataset(df, dataset)
-    if train_df.empty:
+    if without_dataset(df, dataset).empty:
         raise DataError(f"{spec} holds no dataset besides {dataset!r}: nothing to learn from")
     outcomes = RecordedOutcomes(held_out)
     candidates = held_out.set_index("run_id")[config_columns(held_out)]
@@ -186,7 +189,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     ranking: list[str] = []
     predict_seconds = fit_seconds = 0.0
     if method in ("zeroshot", "hybrid"):
-        ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
+        ranking, predict_seconds, fit_seconds = zero_shot_ranking(spec, dataset, meta_features, candidates,
                                                                   cfg.get("learner") or {})
     document: dict[str, Any]
     if method in ZERO_SHOT_METHODS:
@@ -194,7 +197,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         if method == "zeroshot_llm":
             from metallmix.bench.llm import llm_pick
 
-            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, train_df, meta_features, candidates)
+            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, dataset, meta_features, candidates)
         else:
             pick = ranking[0]
         run = outcomes.runs[pick]

@@ -96,8 +96,8 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points,
-                                      meta_dataset, search_document, without_dataset, zero_shot_ranking)
+    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points, search_document,
+                                      zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
     from metallmix.training import check_weights_available
 
@@ -120,15 +120,14 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     predict_seconds = fit_seconds = 0.0
     extra: dict[str, Any] = {}
     if method in META_LEARNED_METHODS:
-        train_df = without_dataset(meta_dataset(str(cfg["meta_dataset"])), held_out_id)
         if method == "zeroshot_llm":
             from metallmix.bench.llm import llm_pick
 
-            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, train_df, meta_features, candidates)
+            pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, held_out_id, meta_features, candidates)
             ranking = [pick]
         else:
-            ranking, predict_seconds, fit_seconds = zero_shot_ranking(train_df, meta_features, candidates,
-                                                                      cfg.get("learner") or {})
+            ranking, predict_seconds, fit_seconds = zero_shot_ranking(str(cfg["meta_dataset"]), held_out_id,
+                                                                      meta_features, candidates, cfg.get("learner") or {})
     max_epochs = max(int(c["epochs"]) for c in configs.values())
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
