@@ -21,10 +21,19 @@ mean normalised regret of the top pick over 18 datasets): objective "regression"
 is 0. One model's top pick swings with its seed (single models 0.086-0.186 over 25 seeds, means of
 5 models 0.069-0.173); means of 20 models settled at 0.069, hence ``n_ensemble=20``.
 
-Features: the dataset meta-features (``mf_<name>``), numeric config values (``cfg_<name>``; the
+Features: the dataset meta-features (``mf_<name>``) but two kinds (listed in ``unused_meta_features_``
+with the reason), numeric config values (``cfg_<name>``; the
 ``log_scale`` ones as ``cfg_<name>_log10``) and one 0/1 column per value of each categorical config
 column (``cfg_<name>=<value>``). A candidate lacking a column gets NaN there (XGBoost's missing
 value); a categorical value never seen in fitting gets 0 in every one-hot column of its group.
+
+Meta-features left out of the model:
+
+- **set by the config**: equal to the config column of the same name on every fitting row (MedMNIST+
+  records ``resolution``, the image side each run trained at, as both): the config column carries it;
+- **too sparse**: missing on more than half of the fitting datasets (MedMNIST+'s class balance, known
+  for 2 of 9 datasets). Trees would learn "known vs missing", which tells those few datasets apart,
+  and send every new dataset, whose value is always computed, down their branch.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ FORMAT_VERSION = 1
 NDCG_LEVELS = 10
 LOG_FLOOR = 1e-8
 INTERVAL_QUANTILES = (0.1, 0.9)
+MAX_MISSING_DATASET_SHARE = 0.5
 _Z_INTERVAL = 1.2815515655446004  # standard normal 90% quantile: (q90 - q10) / (2 z) estimates a std
 _FORBIDDEN_NAME_CHARS = {"[": "(", "]": ")", "<": "lt"}
 
@@ -211,7 +221,9 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ encoding
     def _fit_encoders(self, df: pd.DataFrame) -> None:
-        self.meta_feature_names_ = [c[len(MF_PREFIX):] for c in meta_feature_columns(df)]
+        self.unused_meta_features_ = unused_meta_features(df)
+        self.meta_feature_names_ = [c[len(MF_PREFIX):] for c in meta_feature_columns(df)
+                                    if c[len(MF_PREFIX):] not in self.unused_meta_features_]
         self.numeric_columns_: list[str] = []
         self.categories_: dict[str, list[str]] = {}
         for column in config_columns(df):
@@ -385,6 +397,7 @@ class MetaLearner:
             "models": sorted(self._boosters),
             "n_training_runs": self.n_training_runs_,
             "n_training_datasets": self.n_training_datasets_,
+            "unused_meta_features": self.unused_meta_features_,
             "xgboost_version": xgb.__version__,
         }
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -406,6 +419,7 @@ class MetaLearner:
         params = dict(state["params"])
         learner = cls(params.pop("objective"), **{**params, "log_scale": tuple(params["log_scale"])})
         learner.meta_feature_names_ = list(state["meta_feature_names"])
+        learner.unused_meta_features_ = dict(state.get("unused_meta_features", {}))
         learner.numeric_columns_ = list(state["numeric_columns"])
         learner.categories_ = {k: list(v) for k, v in state["categories"].items()}
         learner._build_feature_names()
@@ -421,6 +435,24 @@ class MetaLearner:
 
 PREDICTION_COLUMNS = ["score", "pred_accuracy", "pred_accuracy_low", "pred_accuracy_high",
                       "pred_accuracy_std", "p_fail", "pred_cost_seconds"]
+
+
+def unused_meta_features(df: pd.DataFrame) -> dict[str, str]:
+    """Meta-features (no prefix) the learner leaves out, with the reason (see the module docstring)."""
+    out: dict[str, str] = {}
+    per_dataset = df.groupby("dataset_id", sort=True)
+    for column in meta_feature_columns(df):
+        name = column[len(MF_PREFIX):]
+        config_column = CFG_PREFIX + name
+        if config_column in df.columns and pd.api.types.is_numeric_dtype(df[config_column]):
+            values, settings = df[column].to_numpy(dtype=float), df[config_column].to_numpy(dtype=float)
+            if np.array_equal(values, settings, equal_nan=True):
+                out[name] = f"set by the config: equal to its {name!r} setting on every run"
+                continue
+        known = per_dataset[column].apply(lambda values: values.notna().any())
+        if (~known).mean() > MAX_MISSING_DATASET_SHARE:
+            out[name] = f"too sparse: known for {int(known.sum())} of {len(known)} datasets"
+    return out
 
 
 def within_dataset_target(accuracy: np.ndarray, datasets: np.ndarray, kind: str = "minmax") -> np.ndarray:

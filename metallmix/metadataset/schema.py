@@ -20,6 +20,9 @@ error                  str|null    error message of a failed run
 accuracy               float|null  the score configs are ranked by, in [0, 1] (test accuracy for
                                    metallmix sweeps, best-epoch validation accuracy for imports)
 cost_seconds           float|null  training wall time of the run (the cost the recommender predicts)
+cost_flops_estimate    float|null  optional column: estimated training compute in FLOP, for sources that
+                                   published no training time (metallmix.compute_cost: a model, not a
+                                   measurement); an ok row needs cost_seconds or this
 n_epochs               int         epochs completed
 curve_json             str         JSON list of per-epoch records
 metrics_json           str         JSON object of every other metric
@@ -169,6 +172,7 @@ def make_row(
 
 
 _DTYPES = {"int": "int64", "str": "string", "str?": "string", "float?": "float64"}
+COST_ESTIMATE_COLUMN = "cost_flops_estimate"
 
 
 def validate_rows(df: pd.DataFrame, source: str = "meta-dataset") -> pd.DataFrame:
@@ -187,6 +191,8 @@ def validate_rows(df: pd.DataFrame, source: str = "meta-dataset") -> pd.DataFram
     try:
         df = df.astype({c: _DTYPES[t] for c, t in REQUIRED_COLUMNS.items()})
         df = df.astype({c: "float64" for c in meta_feature_columns(df)})
+        if COST_ESTIMATE_COLUMN in df.columns:
+            df = df.astype({COST_ESTIMATE_COLUMN: "float64"})
     except (TypeError, ValueError) as exc:
         raise SchemaError(f"{source}: a column has values of the wrong type ({exc}); see metallmix.metadataset.schema") from exc
     if len(df) == 0:
@@ -205,8 +211,11 @@ def validate_rows(df: pd.DataFrame, source: str = "meta-dataset") -> pd.DataFram
         if df[col].isna().any():
             raise SchemaError(f"{source}: column {col!r} has missing values in {int(df[col].isna().sum())} rows")
     ok = df["status"] == STATUS_OK
-    for col in ("accuracy", "cost_seconds"):
-        nan_ok = ok & df[col].isna()
+    no_cost = df["cost_seconds"].isna()
+    if COST_ESTIMATE_COLUMN in df.columns:
+        no_cost &= df[COST_ESTIMATE_COLUMN].isna()
+    for col, missing in (("accuracy", df["accuracy"].isna()), ("cost_seconds", no_cost)):
+        nan_ok = ok & missing
         if nan_ok.any():
             raise SchemaError(
                 f"{source}: {int(nan_ok.sum())} rows with status 'ok' have no {col!r} "

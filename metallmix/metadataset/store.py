@@ -119,14 +119,23 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
     - ``PATH.parquet``: a consolidated meta-dataset file;
     - ``DIR``: a metallmix store (its runs, or its metadataset.parquet);
     - ``quicktune:DIR``: a folder in the Quick-Tune format (table.csv, curves/, meta/), imported;
-      ``quicktune:builtin`` is the copy shipped with metallmix (3,198 runs on 18 Meta-Album datasets).
+      ``quicktune:builtin`` is the copy shipped with metallmix (3,198 runs on 18 Meta-Album datasets);
+    - ``medmnistplus:DIR``: a folder in the MedMNIST+ benchmark's format (datasets.csv, results.csv),
+      imported; ``medmnistplus:builtin`` is the copy shipped with metallmix (1,080 outcomes on 9
+      medical datasets).
     """
     spec = str(spec)
+    # The importers are imported on use: each spec needs only its own.
     if spec.startswith("quicktune:"):
         from metallmix.metadataset.quicktune import import_quicktune
 
         folder = spec[len("quicktune:"):]
         return import_quicktune(BUILTIN_QUICKTUNE if folder == "builtin" else folder)
+    if spec.startswith("medmnistplus:"):
+        from metallmix.metadataset.medmnistplus import BUILTIN_MEDMNISTPLUS, import_medmnistplus
+
+        folder = spec[len("medmnistplus:"):]
+        return import_medmnistplus(BUILTIN_MEDMNISTPLUS if folder == "builtin" else folder)
     path = Path(spec)
     if path.is_file():
         return read_parquet(path)
@@ -137,5 +146,5 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
         return df
     raise SchemaError(
         f"meta-dataset {spec!r} not found; give a .parquet file, a metallmix store folder, "
-        "or quicktune:DIR for a Quick-Tune folder"
+        "quicktune:DIR for a Quick-Tune folder or medmnistplus:DIR for a MedMNIST+ folder (builtin for the shipped copies)"
     )
