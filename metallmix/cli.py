@@ -1,12 +1,15 @@
 """The ``metallmix`` command line: ``recommend`` a config for a dataset, ``evaluate`` the recommender.
 
-    metallmix recommend --meta-dataset SPEC (--dataset PATH_OR_NAME | --meta-features JSON_OR_FILE)
-                        [--budget-minutes N] [--max-params N] [--backbones a,b] [--max-p-fail P]
+    metallmix recommend [--meta-dataset SPEC] (--dataset PATH_OR_NAME | --meta-features JSON_OR_FILE)
+                        [--modality TEXT] [--task TYPE] [--budget 30min|2h|5PFLOP] [--budget-minutes N]
+                        [--max-params N] [--backbones a,b] [--max-p-fail P]
                         [--top-k K] [--json] [--model-dir DIR] [--cache-dir DIR]
                         [--llm MODEL_OR_none [--judge-llm MODEL] [--description TEXT]] [--server URL]
     metallmix evaluate --meta-dataset SPEC --protocol leave-one-dataset-out [--json OUT]
 
-Without ``--model-dir``, ``recommend`` fits a Recommender on the meta-dataset once and caches it under
+Without ``--meta-dataset``, a medical dataset (a MedMNIST file or name, or a modality given) is answered
+from the MedMNIST+ knowledge base and other images from Quick-Tune's (metallmix.knowledge_bases); the
+answer says which and why. Without ``--model-dir``, ``recommend`` fits a Recommender on the meta-dataset once and caches it under
 ``CACHE_DIR/recommenders/v<format>/<content hash>`` (``--cache-dir``, else $METALLMIX_CACHE_DIR, else
 ~/.cache/metallmix), so later calls on the same meta-dataset only load it. Bad input ends with one
 line on stderr and exit status 2.
@@ -30,6 +33,8 @@ EXIT_USAGE = 2
 PROTOCOLS = ("leave-one-dataset-out",)
 CACHE_ENV = "METALLMIX_CACHE_DIR"
 PARAM_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+TIME_UNITS = {"s": 1 / 60, "sec": 1 / 60, "min": 1.0, "m": 1.0, "h": 60.0}
+FLOP_UNITS = {"flop": 1.0, "gflop": 1e9, "tflop": 1e12, "pflop": 1e15, "eflop": 1e18}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,13 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = commands.add_parser("recommend", help="recommend a config for a dataset, with evidence")
     rec.add_argument("--meta-dataset", metavar="SPEC",
-                     help="meta-dataset spec: PATH.parquet, a store folder, or quicktune:DIR "
-                          f"(default {DEFAULT_META_DATASET}: the Quick-Tune runs shipped with metallmix)")
+                     help="knowledge base: PATH.parquet, a store folder, quicktune:DIR or medmnistplus:DIR (builtin: the "
+                          "shipped copies). Default: medmnistplus:builtin for a medical dataset (a MedMNIST file or a "
+                          f"--modality), else {DEFAULT_META_DATASET}")
     source = rec.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="PATH_OR_NAME",
                         help="a MedMNIST .npz file, an image folder, or a registered name (breastmnist, retinamnist@64)")
     source.add_argument("--meta-features", metavar="JSON_OR_FILE",
                         help='meta-features as a JSON object (\'{"n_classes": 2, ...}\') or a JSON file')
+    rec.add_argument("--modality", metavar="TEXT",
+                     help="imaging modality (e.g. 'chest x-ray', ct, dermatoscopy): a meta-feature, and it marks the dataset medical")
+    rec.add_argument("--task", metavar="TYPE", help="task type: binary, multi-class, multi-label or ordinal (a meta-feature)")
+    rec.add_argument("--budget", type=_budget, metavar="AMOUNT",
+                     help="training budget: a time (90s, 30min, 2h) for knowledge bases with recorded times, or an "
+                          "estimated compute (5PFLOP, 800TFLOP, 3e15FLOP) for those with FLOP-count estimates (MedMNIST+)")
     rec.add_argument("--budget-minutes", type=_positive_float, metavar="N", help="maximum predicted training time")
     rec.add_argument("--max-params", type=_param_count, metavar="N", help="maximum backbone parameters (e.g. 25e6 or 25M)")
     rec.add_argument("--backbones", type=_name_list, metavar="A,B", help="allowed backbones, comma-separated")
@@ -97,12 +109,21 @@ def run_recommend(args: argparse.Namespace) -> int:
     from metallmix.llm import recommend_via_server, recommend_with_llm, validate_recommendation
     from metallmix.recommend import Constraints, parse_meta_features
 
+    budget_minutes, budget_flops = args.budget_minutes, None
+    if args.budget is not None:
+        unit, amount = args.budget
+        if unit == "minutes" and budget_minutes is not None:
+            raise ConfigError("give the time budget once: --budget or --budget-minutes")
+        budget_minutes, budget_flops = (amount, None) if unit == "minutes" else (budget_minutes, amount)
     constraints = Constraints(
-        budget_minutes=args.budget_minutes,
+        budget_minutes=budget_minutes,
+        budget_flops=budget_flops,
         max_params=args.max_params,
         backbones=tuple(args.backbones) if args.backbones else None,
         max_p_fail=args.max_p_fail,
     )
+    if args.server and (args.modality or args.task or budget_flops is not None):
+        raise ConfigError("--modality, --task and compute budgets are not sent to a server yet; drop --server")
     recommender = None
     if args.server:
         document = recommend_via_server(
@@ -115,17 +136,21 @@ def run_recommend(args: argparse.Namespace) -> int:
             llm=args.llm != "none",
         )
     else:
-        recommender = obtain_recommender(args.meta_dataset, args.model_dir, args.cache_dir)
+        dataset, meta_features = _dataset_inputs(args)
+        spec, selection = _knowledge_base(args, dataset, meta_features)
+        recommender = obtain_recommender(spec, args.model_dir, args.cache_dir)
         document = recommend_with_llm(
             recommender,
-            meta_features=args.meta_features,
-            dataset=args.dataset,
+            meta_features=meta_features,
+            dataset=dataset,
             constraints=constraints,
             top_k=args.top_k,
             engine=args.llm,
             judge_engine=args.judge_llm,
             description=args.description,
         )
+    if recommender is not None:
+        document["meta_dataset"]["selection"] = _selection_report(selection, document, recommender)
     validate_recommendation(document)
     if args.shap_summary:
         if recommender is None:
@@ -142,6 +167,44 @@ def run_recommend(args: argparse.Namespace) -> int:
         if args.shap_summary:
             print(f"SHAP summary plot: {args.shap_summary}")
     return 0
+
+
+def _dataset_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """(dataset facts, None) for --dataset, or (None, meta-features) for --meta-features; --modality and
+    --task join either."""
+    from metallmix.recommend import describe_dataset, parse_meta_features
+
+    if args.dataset is not None:
+        return describe_dataset(args.dataset, modality=args.modality, task=args.task), None
+    meta_features = dict(parse_meta_features(args.meta_features))
+    meta_features.update({k: v for k, v in (("modality", args.modality), ("task", args.task)) if v is not None})
+    return None, meta_features
+
+
+def _knowledge_base(args: argparse.Namespace, dataset: Any, meta_features: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """The knowledge base spec to use and why (None with --model-dir: the saved recommender's own)."""
+    from metallmix.data.descriptors import modality_family
+    from metallmix.knowledge_bases import default_knowledge_base
+
+    if args.meta_dataset is not None:
+        return args.meta_dataset, {"default": False, "reason": "named with --meta-dataset"}
+    if args.model_dir is not None and (Path(args.model_dir) / "manifest.json").is_file():
+        return None, {"default": False, "reason": f"the recommender saved in {args.model_dir}"}
+    if dataset is not None:
+        spec, reason = default_knowledge_base(dataset.is_medical, dataset.modality, dataset.kind)
+    else:
+        modality = meta_features.get("modality")
+        spec, reason = default_knowledge_base(modality_family(modality) is not None, modality, "given")
+    return spec, {"default": True, "reason": reason}
+
+
+def _selection_report(selection: dict[str, Any], document: dict[str, Any], recommender: Any) -> dict[str, Any]:
+    """The selection with the answering knowledge base's coverage of the dataset's meta-features."""
+    from metallmix.knowledge_bases import coverage
+
+    values = document["meta_features"]["values"]
+    covered = coverage(values, recommender.feature_domain_, recommender.metalearner_.meta_feature_names_)
+    return {**selection, "coverage": covered.as_dict()}
 
 
 def obtain_recommender(spec: str | None, model_dir: str | None, cache_dir: str | None):
@@ -201,11 +264,21 @@ def _save_atomically(recommender: Any, target: Path) -> None:
 def format_recommendation(doc: dict[str, Any], source: str) -> str:
     """The recommendation as a readable report: pick, shortlist table, evidence, warnings."""
     md = doc["meta_dataset"]
-    lines = [f"Recommendation for {source} (meta-dataset {md['spec']}: {md['n_runs']} runs, {md['n_datasets']} datasets)"]
+    lines = [f"Recommendation for {source} (knowledge base {md['spec']}: {md['n_runs']} runs, {md['n_datasets']} datasets)"]
+    selection = md.get("selection")
+    if selection:
+        covered = selection.get("coverage")
+        inside = (f"; {covered['inside']} of {covered['of']} of the dataset's meta-features the model uses lie inside its range"
+                  + (f" (outside: {', '.join(covered['outside'])})" if covered["outside"] else "")) if covered else ""
+        lines.append(f"Why this knowledge base: {selection['reason']}{inside}.")
+    lines.append(f"Cost: {md['cost']}.")
     if doc["degraded"]:
         lines.append("DEGRADED ANSWER: see warnings below")
     lines += ["", doc["explanation"], "", "Shortlist:"]
-    header = f"{'rank':>4}  {'candidate':<16}  {'backbone':<30}  {'params':>7}  {'accuracy':>8}  {'80% range':>15}  {'time':>8}  {'p_fail':>6}  pareto"
+    estimates = doc["predicted"]["train_seconds"] is None
+    cost_header = "compute (est.)" if estimates else "time"
+    header = (f"{'rank':>4}  {'candidate':<16}  {'backbone':<30}  {'params':>7}  {'accuracy':>8}  {'80% range':>15}  "
+              f"{cost_header:>14}  {'p_fail':>6}  pareto")
     lines += [header, "-" * len(header)]
     for item in doc["shortlist"]:
         p = item["predicted"]
@@ -213,8 +286,8 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
         size = f"{params / 1e6:.1f}M" if params is not None else "?"
         interval = f"{p['accuracy_low']:.1%}-{p['accuracy_high']:.1%}"
         lines.append(
-            f"{item['rank']:>4}  {item['candidate_id']:<16}  {str(item['backbone'] or '-'):<30.30}  {size:>7}  "
-            f"{p['accuracy']:>8.1%}  {interval:>15}  {_minutes(p['train_seconds']):>8}  "
+            f"{item['rank']:>4}  {item['candidate_id']:<16.16}  {str(item['backbone'] or '-'):<30.30}  {size:>7}  "
+            f"{p['accuracy']:>8.1%}  {interval:>15}  {_cost(p['train_seconds'], p['compute_flops_estimate']):>14}  "
             f"{p['p_fail']:>6.2f}  {'*' if item['pareto_optimal'] else ''}"
         )
     lines += ["", "Recommended config:"]
@@ -225,13 +298,16 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
     lines += ["", "Nearest past datasets:"]
     for hit in doc["evidence"]["neighbours"]:
         best = hit["top_configs"][0] if hit["top_configs"] else None
-        detail = f"best {best['accuracy']:.1%} in {_minutes(best['cost_seconds'])}" if best else "no ok run"
+        detail = f"best {best['accuracy']:.1%} ({_cost(best['cost_seconds'], best['cost_flops_estimate'])})" if best else "no ok run"
         lines.append(f"  {hit['dataset_id']:<24} distance {hit['distance']:.2f}  {detail}")
     c = doc["constraints"]
     applied = ", ".join(f"{name}={c['requested'][name]} (excludes {c['excluded_by'][name]})" for name in c["applied"]) or "none"
     lines += ["", f"Constraints: {applied}; {c['n_feasible']} of {c['n_candidates']} candidates feasible"]
-    front = ", ".join(f"{p['accuracy']:.1%} in {_minutes(p['train_seconds'])}" for p in doc["pareto_front"][:8])
-    lines.append(f"Pareto front (accuracy vs time, {len(doc['pareto_front'])} configs): {front}")
+    front = ", ".join(f"{p['accuracy']:.1%} at {_cost(p['train_seconds'], p['compute_flops_estimate'])}" for p in doc["pareto_front"][:8])
+    lines.append(f"Pareto front (accuracy vs {'estimated compute' if estimates else 'time'}, {len(doc['pareto_front'])} configs): {front}")
+    used, missing = doc["meta_features"]["used"], [n for n in doc["meta_features"]["imputed"] if n in doc["meta_features"]["used"] or
+                                                    n not in doc["meta_features"]["not_learned"]]
+    lines.append(f"Meta-features used: {', '.join(used) or 'none'}; missing: {', '.join(missing) or 'none'}")
     if doc["warnings"]:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in doc["warnings"]]
     return "\n".join(lines)
@@ -239,6 +315,15 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _cost(seconds: float | None, flops: float | None) -> str:
+    """Measured/predicted time where there is one, else the compute estimate (labelled as such)."""
+    from metallmix.compute_cost import format_flops
+
+    if seconds is not None:
+        return _minutes(seconds)
+    return format_flops(flops)
 
 
 # ------------------------------------------------------------------- evaluate
@@ -300,6 +385,16 @@ def _param_count(text: str) -> float:
     scale = PARAM_SUFFIXES.get(text[-1:].lower(), 1.0) if text else 1.0
     number = text[:-1] if scale != 1.0 else text
     return _positive_float(number) * scale
+
+
+def _budget(text: str) -> tuple[str, float]:
+    """'30min', '2h', '90s' -> ("minutes", value); '5PFLOP', '800TFLOP', '3e15FLOP' -> ("flops", value)."""
+    lowered = text.strip().lower().replace(" ", "")
+    for units, kind in ((FLOP_UNITS, "flops"), (TIME_UNITS, "minutes")):
+        for unit in sorted(units, key=len, reverse=True):
+            if lowered.endswith(unit) and lowered[: -len(unit)]:
+                return kind, _positive_float(lowered[: -len(unit)]) * units[unit]
+    raise argparse.ArgumentTypeError(f"expected a time (90s, 30min, 2h) or an estimated compute (5PFLOP, 3e15FLOP), got {text!r}")
 
 
 def _name_list(text: str) -> list[str]:

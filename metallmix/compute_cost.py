@@ -37,6 +37,8 @@ import functools
 import math
 from pathlib import Path
 
+import numpy as np
+
 from metallmix.errors import ConfigError
 
 SCHEMES = ("end_to_end", "linear_probing", "knn")
@@ -94,23 +96,40 @@ def _build_without_weights(model: str):
     raise ConfigError(f"model {model!r} is neither a timm nor a torchvision model; its compute cannot be counted")
 
 
+def flops_per_image(model: str, scheme: str, expected_epochs: float = EXPECTED_EPOCHS) -> tuple[float, float]:
+    """(FLOPs per training image, FLOPs per validation image) of a trained ``model`` with ``scheme``:
+    the estimate is ``per_train x n_train + per_val x n_val``. NaN for a model that cannot be counted."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown training scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    try:
+        forward = forward_flops(model)
+    except ConfigError:
+        return math.nan, math.nan
+    if scheme == "knn":
+        return forward, 0.0
+    return expected_epochs * TRAINING_PASS_FACTOR[scheme] * forward, expected_epochs * forward
+
+
 def estimate_training_flops(model: str, scheme: str, n_train: float, n_val: float,
                             expected_epochs: float = EXPECTED_EPOCHS) -> float:
     """Estimated FLOPs to obtain a trained ``model`` with ``scheme`` (see the module docstring).
 
     NaN when the model's FLOPs cannot be counted (an unknown name) or a dataset size is unknown.
     """
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown training scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     if not (_finite(n_train) and _finite(n_val)):
         return math.nan
-    try:
-        forward = forward_flops(model)
-    except ConfigError:
-        return math.nan
-    if scheme == "knn":
-        return n_train * forward
-    return expected_epochs * (TRAINING_PASS_FACTOR[scheme] * n_train + n_val) * forward
+    per_train, per_val = flops_per_image(model, scheme, expected_epochs)
+    return per_train * n_train + per_val * n_val
+
+
+def training_flops_estimates(configs: list[dict], n_train: float | None, n_val: float | None) -> np.ndarray:
+    """The estimate of every config (dicts with ``model`` and ``scheme``) for a dataset of these sizes;
+    NaN for configs without those keys, and everywhere when a size is unknown."""
+    n_train = math.nan if n_train is None else n_train
+    n_val = math.nan if n_val is None else n_val
+    return np.array([estimate_training_flops(c["model"], c["scheme"], n_train, n_val)
+                     if c.get("scheme") in SCHEMES and isinstance(c.get("model"), str) else math.nan
+                     for c in configs], dtype=float)
 
 
 def format_flops(flops: float | None) -> str:

@@ -15,7 +15,18 @@ accuracy counts as d's worst). Baselines on the same table:
   picking its argmax (``MetaLearner(objective="plain", n_ensemble=1)``);
 - ``nearest_dataset``: the best ok config of the most similar training dataset (metallmix.retrieval:
   standardised meta-features, exact nearest neighbour), replayed as d's evaluated configuration
-  closest to it (see ``closest_candidate``).
+  closest to it (see ``closest_candidate``);
+- ``portfolio``: the config best on average over the training datasets (accuracy min-max normalised
+  within each dataset, averaged over the datasets that ran it), replayed as d's closest configuration.
+  It needs configs that repeat across datasets (the MedMNIST+ grid runs all 120 on every dataset);
+- ``cost_aware``: the meta-learner's best pick among d's configurations whose cost is at most
+  ``COST_FRACTION`` of the portfolio pick's cost on d: the estimated compute where the knowledge base
+  holds estimates (``cost_flops_estimate``, computed from d's dataset sizes, known before training),
+  else the meta-learner's predicted training time. Its entry also gives the best regret any
+  configuration within that budget reaches (``oracle_regret``).
+
+Every entry names its pick by ``picked_config_id`` (the run's id in the knowledge base) and
+``picked_config`` (the config with the knowledge base's own names and values).
 """
 
 from __future__ import annotations
@@ -29,8 +40,16 @@ import numpy as np
 import pandas as pd
 
 from metallmix.errors import ConfigError, DataError
-from metallmix.metadataset.schema import CFG_PREFIX, config_columns, row_meta_features, validate_rows
-from metallmix.metalearner import MetaLearner
+from metallmix.compute_cost import training_flops_estimates
+from metallmix.metadataset.schema import (
+    CFG_PREFIX,
+    COST_ESTIMATE_COLUMN,
+    config_columns,
+    row_config,
+    row_meta_features,
+    validate_rows,
+)
+from metallmix.metalearner import MetaLearner, config_id, within_dataset_target
 
 PickFn = Callable[[pd.DataFrame, dict[str, float], pd.DataFrame], Hashable]
 """pick(train_df, meta_features, candidates) -> the index label of the chosen row of candidates.
@@ -42,6 +61,7 @@ DEFAULT_RANDOM_KS = (1, 3, 10, 30)
 REGRET_THRESHOLD = 0.25
 BACKBONE_COLUMNS = ("model", "backbone")  # the backbone's config name: Quick-Tune's, metallmix's own
 MAIN_METHOD = "metalearner"
+COST_FRACTION = 0.1
 
 
 def metalearner_pick(**params: Any) -> PickFn:
@@ -60,6 +80,40 @@ def nearest_dataset_pick(train_df: pd.DataFrame, meta_features: dict[str, float]
 
     neighbour = RetrievalIndex(n_top_configs=1).fit(train_df).query(meta_features, k=1)[0]
     return closest_candidate(neighbour["top_configs"][0]["config"], candidates)
+
+
+def portfolio_ranking(train_df: pd.DataFrame) -> pd.DataFrame:
+    """Configs of the training runs ranked by mean within-dataset min-max normalised accuracy.
+
+    Columns: candidate_id (``metalearner.config_id``), config (dict), mean_normalized_accuracy,
+    n_datasets; best first (ties: more datasets, then the id). A run without accuracy counts as its
+    dataset's worst.
+    """
+    runs = train_df[["dataset_id", "accuracy", *config_columns(train_df)]].copy()
+    runs["accuracy"] = runs.groupby("dataset_id")["accuracy"].transform(lambda a: a.fillna(a.min()))
+    runs = runs[runs["accuracy"].notna()]
+    if runs.empty:
+        raise DataError("no training run has an accuracy; the portfolio has nothing to rank")
+    runs["normalized"] = within_dataset_target(runs["accuracy"].to_numpy(float), runs["dataset_id"].to_numpy())
+    configs = [row_config(row) for row in runs[config_columns(runs)].to_dict("records")]
+    runs["candidate_id"] = [config_id(c) for c in configs]
+    per_dataset = runs.groupby(["candidate_id", "dataset_id"])["normalized"].max().reset_index()
+    table = per_dataset.groupby("candidate_id").agg(mean_normalized_accuracy=("normalized", "mean"),
+                                                    n_datasets=("dataset_id", "nunique"))
+    first = dict(zip(runs["candidate_id"], configs))
+    table["config"] = [first[i] for i in table.index]
+    table = table.reset_index().sort_values(["mean_normalized_accuracy", "n_datasets", "candidate_id"],
+                                            ascending=[False, False, True], kind="stable")
+    return table.reset_index(drop=True)
+
+
+def portfolio_pick(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame) -> Hashable:
+    """The candidate with the portfolio's best config (or the one closest to it)."""
+    best = portfolio_ranking(train_df).iloc[0]
+    ids = [config_id(row_config(row)) for row in candidates.to_dict("records")]
+    if best["candidate_id"] in ids:
+        return candidates.index[ids.index(best["candidate_id"])]
+    return closest_candidate(best["config"], candidates)
 
 
 def closest_candidate(
@@ -145,14 +199,16 @@ def evaluate_lodo(
 
     Args:
         df: the meta-dataset (at least two datasets).
-        pick: the zero-shot picker under test (``PickFn``); default ``metalearner_pick(**learner_params)``.
+        pick: the zero-shot picker under test (``PickFn``); default the meta-learner
+            (``MetaLearner(**learner_params)``) taking its top score.
         method: its name in the result.
-        baselines: also score random-k, the plain surrogate and the nearest-dataset pick.
+        baselines: also score random-k, the plain surrogate, the nearest-dataset pick, the portfolio
+            and the cost-aware pick.
         random_ks: the k of the random-search baselines.
         datasets: evaluate only these held-out datasets (all by default); training always uses every
             other dataset of ``df``.
-        learner_params: MetaLearner settings of the default pick and of the plain surrogate
-            (its ``objective`` is replaced by "plain" there).
+        learner_params: MetaLearner settings of the default pick, of the cost-aware pick and of the
+            plain surrogate (its ``objective`` is replaced by "plain" there).
 
     Returns a JSON-serialisable {"methods", "datasets": [per-dataset entries], "summary": {method: stats}}.
     """
@@ -168,44 +224,79 @@ def evaluate_lodo(
     if unknown:
         raise DataError(f"datasets {unknown} have no rows in the meta-dataset; it holds {all_datasets}")
     params = dict(learner_params or {})
-    picks: dict[str, PickFn] = {method: pick or metalearner_pick(**params)}
+    others: dict[str, PickFn] = {}
     if baselines:
-        picks["plain_surrogate"] = metalearner_pick(**{**params, "objective": "plain", "fail_penalty": 0.0, "n_ensemble": 1})
-        picks["nearest_dataset"] = nearest_dataset_pick
+        others = {"portfolio": portfolio_pick, "nearest_dataset": nearest_dataset_pick,
+                  "plain_surrogate": metalearner_pick(**{**params, "objective": "plain", "fail_penalty": 0.0, "n_ensemble": 1})}
     ks = sorted({int(k) for k in random_ks}) if baselines else []
 
     entries = []
     for dataset in targets:
         held_out = df[df["dataset_id"] == dataset]
         train_df = df[df["dataset_id"] != dataset]
+        runs = held_out.set_index("run_id")
         accuracy = _replay_accuracy(held_out, dataset)
         best, worst = float(accuracy.max()), float(accuracy.min())
         meta_features = row_meta_features(held_out.iloc[0])
-        candidates = held_out.set_index("run_id")[config_columns(held_out)]
-        entry: dict[str, Any] = {"dataset": dataset, "n_candidates": int(len(candidates)),
-                                 "best_accuracy": best, "worst_accuracy": worst}
-        for name, pick_fn in picks.items():
-            chosen = pick_fn(train_df, meta_features, candidates.copy())
+        candidates = runs[config_columns(held_out)]
+        learner = MetaLearner(**params).fit(train_df) if pick is None or baselines else None
+        scores = learner.predict(meta_features, candidates) if learner is not None else None
+
+        def result_of(name: str, chosen: Hashable) -> dict[str, Any]:
             if chosen not in candidates.index:
                 raise ConfigError(f"pick {name!r} returned {chosen!r} for {dataset!r}, not a candidate's index label")
-            run = held_out.set_index("run_id").loc[chosen]
-            result = {
+            run = runs.loc[chosen]
+            return {
                 "picked_config_id": str(chosen),
+                "picked_config": row_config(run),
                 "accuracy": float(accuracy[chosen]),
                 "normalized_regret": normalized_regret(float(accuracy[chosen]), best, worst),
                 "cost_seconds": _float_or_none(run["cost_seconds"]),
+                "cost_flops_estimate": _float_or_none(run.get(COST_ESTIMATE_COLUMN)),
                 "status": str(run["status"]),
             }
-            if name == method:
-                entry.update(result)
-            else:
-                entry[name] = result
+
+        entry: dict[str, Any] = {"dataset": dataset, "n_candidates": int(len(candidates)),
+                                 "best_accuracy": best, "worst_accuracy": worst}
+        chosen = pick(train_df, meta_features, candidates.copy()) if pick is not None else scores["score"].idxmax()
+        entry.update(result_of(method, chosen))
+        for name, pick_fn in others.items():
+            entry[name] = result_of(name, pick_fn(train_df, meta_features, candidates.copy()))
         for k in ks:
             entry[f"random_{k}"] = {"normalized_regret": expected_random_regret(accuracy.to_numpy(), k)}
+        if baselines:
+            cost = _candidate_costs(runs, meta_features, scores)
+            entry["cost_aware"] = _cost_aware_result(entry, cost, scores["score"], accuracy, result_of)
         entries.append(entry)
 
-    methods = [method] + ([f"random_{k}" for k in ks] + ["plain_surrogate", "nearest_dataset"] if baselines else [])
+    methods = [method] + ([f"random_{k}" for k in ks] + ["portfolio", "plain_surrogate", "nearest_dataset", "cost_aware"]
+                          if baselines else [])
     return {"methods": methods, "datasets": entries, "summary": {m: _summary(entries, m, method) for m in methods}}
+
+
+def _candidate_costs(runs: pd.DataFrame, meta_features: dict[str, float], scores: pd.DataFrame) -> dict[str, Any]:
+    """What the cost-aware pick compares: the estimated compute of the held-out dataset's configs where
+    the knowledge base holds estimates (from the dataset's sizes, known before any training), else the
+    meta-learner's predicted training seconds."""
+    if COST_ESTIMATE_COLUMN in runs.columns and runs[COST_ESTIMATE_COLUMN].notna().any():
+        configs = [row_config(row) for row in runs[config_columns(runs)].to_dict("records")]
+        values = training_flops_estimates(configs, meta_features.get("n_train"), meta_features.get("n_val"))
+        return {"values": pd.Series(values, index=runs.index), "unit": "FLOP (estimate)"}
+    return {"values": scores["pred_cost_seconds"], "unit": "seconds (predicted)"}
+
+
+def _cost_aware_result(entry: dict[str, Any], cost: dict[str, Any], score: pd.Series, accuracy: pd.Series,
+                       result_of: Callable[[str, Hashable], dict[str, Any]]) -> dict[str, Any]:
+    values = cost["values"]
+    budget = COST_FRACTION * float(values[entry["portfolio"]["picked_config_id"]])
+    within = values.index[values.to_numpy() <= budget] if math.isfinite(budget) else values.index[:0]
+    if len(within) == 0:
+        return {"normalized_regret": None, "budget": budget, "cost_unit": cost["unit"], "n_within_budget": 0}
+    result = result_of("cost_aware", score[within].idxmax())
+    oracle = float(accuracy[within].max())
+    return {**result, "budget": budget, "cost_unit": cost["unit"], "n_within_budget": int(len(within)),
+            "cost": float(values[result["picked_config_id"]]),
+            "oracle_regret": normalized_regret(oracle, entry["best_accuracy"], entry["worst_accuracy"])}
 
 
 def _replay_accuracy(held_out: pd.DataFrame, dataset: str) -> pd.Series:
@@ -216,7 +307,12 @@ def _replay_accuracy(held_out: pd.DataFrame, dataset: str) -> pd.Series:
 
 
 def _summary(entries: list[dict[str, Any]], name: str, main: str) -> dict[str, Any]:
-    regrets = np.array([e["normalized_regret"] if name == main else e[name]["normalized_regret"] for e in entries])
+    results = [e if name == main else e[name] for e in entries]
+    scored = [r for r in results if r["normalized_regret"] is not None]
+    regrets = np.array([r["normalized_regret"] for r in scored], dtype=float)
+    if len(regrets) == 0:
+        return {"mean_regret": None, "median_regret": None, "max_regret": None,
+                f"n_over_{REGRET_THRESHOLD}": 0, "n_datasets": 0}
     out: dict[str, Any] = {
         "mean_regret": float(regrets.mean()),
         "median_regret": float(np.median(regrets)),
@@ -224,10 +320,26 @@ def _summary(entries: list[dict[str, Any]], name: str, main: str) -> dict[str, A
         f"n_over_{REGRET_THRESHOLD}": int((regrets > REGRET_THRESHOLD).sum()),
         "n_datasets": int(len(regrets)),
     }
-    statuses = [e["status"] if name == main else e[name].get("status") for e in entries]
+    if len(scored) < len(results):
+        out["n_without_pick"] = len(results) - len(scored)
+    statuses = [r.get("status") for r in scored]
     if statuses[0] is not None:
         out["n_picked_not_ok"] = int(sum(s != "ok" for s in statuses))
+    ratios = [_cost_ratio(r, e["portfolio"]) for r, e in zip(results, entries) if "portfolio" in e and r in scored]
+    ratios = [x for x in ratios if x is not None]
+    if ratios:
+        out["median_cost_ratio_to_portfolio"] = float(np.median(ratios))
     return out
+
+
+def _cost_ratio(result: dict[str, Any], portfolio: dict[str, Any]) -> float | None:
+    """Cost of a pick over the portfolio pick's on the same dataset (estimates where the knowledge base
+    has them, else recorded seconds)."""
+    for key in (COST_ESTIMATE_COLUMN, "cost_seconds"):
+        mine, theirs = result.get(key), portfolio.get(key)
+        if mine is not None and theirs:
+            return float(mine) / float(theirs)
+    return None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -244,12 +356,20 @@ def format_table(result: dict[str, Any]) -> str:
     for entry in result["datasets"]:
         regrets = [entry["normalized_regret"] if m == main else entry[m]["normalized_regret"] for m in methods]
         flag = "" if entry.get("status", "ok") == "ok" else f"  ({main} picked a {entry['status']} run)"
-        lines.append(f"{entry['dataset']:<10} {entry['n_candidates']:>4} "
-                     + " ".join(f"{r:>{width}.3f}" for r in regrets) + flag)
+        lines.append(f"{entry['dataset']:<10.10} {entry['n_candidates']:>4} "
+                     + " ".join(_cell(r, width) for r in regrets) + flag)
     lines.append("-" * len(header))
-    for stat in ("mean_regret", "median_regret", "max_regret", f"n_over_{REGRET_THRESHOLD}"):
-        values = [result["summary"][m][stat] for m in methods]
-        label = stat.replace("_regret", "")
-        lines.append(f"{label:<16}" + " ".join(
-            f"{v:>{width}d}" if isinstance(v, int) else f"{v:>{width}.3f}" for v in values))
+    stats = ["mean_regret", "median_regret", "max_regret", f"n_over_{REGRET_THRESHOLD}"]
+    if any("median_cost_ratio_to_portfolio" in result["summary"][m] for m in methods):
+        stats.append("median_cost_ratio_to_portfolio")
+    for stat in stats:
+        values = [result["summary"][m].get(stat) for m in methods]
+        label = {"median_cost_ratio_to_portfolio": "cost/portfolio"}.get(stat, stat.replace("_regret", ""))
+        lines.append(f"{label:<15} " + " ".join(_cell(v, width) for v in values))
     return "\n".join(lines)
+
+
+def _cell(value: Any, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}d}" if isinstance(value, int) else f"{value:>{width}.3f}"

@@ -55,6 +55,7 @@ from metallmix.metadataset.schema import (
     STATUS_OK,
     canonical_json,
     config_columns,
+    config_set_meta_features,
     meta_feature_columns,
     row_config,
     validate_rows,
@@ -439,16 +440,13 @@ PREDICTION_COLUMNS = ["score", "pred_accuracy", "pred_accuracy_low", "pred_accur
 
 def unused_meta_features(df: pd.DataFrame) -> dict[str, str]:
     """Meta-features (no prefix) the learner leaves out, with the reason (see the module docstring)."""
-    out: dict[str, str] = {}
+    out = {name: f"set by the config: equal to its {name!r} setting on every run"
+           for name in config_set_meta_features(df)}
     per_dataset = df.groupby("dataset_id", sort=True)
     for column in meta_feature_columns(df):
         name = column[len(MF_PREFIX):]
-        config_column = CFG_PREFIX + name
-        if config_column in df.columns and pd.api.types.is_numeric_dtype(df[config_column]):
-            values, settings = df[column].to_numpy(dtype=float), df[config_column].to_numpy(dtype=float)
-            if np.array_equal(values, settings, equal_nan=True):
-                out[name] = f"set by the config: equal to its {name!r} setting on every run"
-                continue
+        if name in out:
+            continue
         known = per_dataset[column].apply(lambda values: values.notna().any())
         if (~known).mean() > MAX_MISSING_DATASET_SHARE:
             out[name] = f"too sparse: known for {int(known.sum())} of {len(known)} datasets"

@@ -9,14 +9,20 @@ JSON document that follows ``metallmix/schemas/recommendation.schema.json``.
 
 Constraints (all optional):
 
-- ``budget_minutes``: predicted training time (minutes) at most this;
+- ``budget_minutes``: predicted training time (minutes) at most this (knowledge bases with recorded
+  training times);
+- ``budget_flops``: estimated training compute (FLOP) at most this (knowledge bases that published no
+  times and carry a FLOP-count estimate instead, see metallmix.compute_cost);
 - ``max_params``: backbone parameter count at most this. The count is read, in this order, from a
   ``cfg_`` column of the meta-dataset (``n_parameters``, ``n_params``, ``param_count``,
   ``num_params``), from the runs' metrics (same keys, as metallmix's trainer records
   ``n_parameters``; median per backbone), or from ``BACKBONE_PARAM_COUNTS`` below. A candidate
   whose count is unknown is kept and listed under ``constraints.unchecked``;
 - ``backbones``: allowed backbone names (the config's ``backbone`` or ``model`` key);
-- ``max_p_fail``: predicted probability of a failed run at most this ("avoid risky").
+- ``max_p_fail``: predicted probability of a failed run at most this ("avoid risky");
+- ``max_resolution``: a config's ``resolution`` setting (the image side it trains at) at most this. Set
+  from the dataset's own ``resolution`` meta-feature when not given: images are downsampled, never
+  upsampled, as in the benchmarks that recorded such configs.
 
 When no candidate meets every constraint, ``recommend`` raises ``InfeasibleConstraintsError`` (a
 ``ConfigError``) that names the constraint to relax and the closest candidate; it never silently
@@ -29,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +43,13 @@ import numpy as np
 import pandas as pd
 
 import metallmix
+from metallmix.compute_cost import flops_per_image, format_flops
+from metallmix.data.descriptors import descriptor_features, modality_family, parse_modality, parse_task
 from metallmix.errors import ConfigError, DataError, SchemaError
 from metallmix.explain import LOG10_SUFFIX, ShapExplainer
 from metallmix.metadataset.schema import (
     CFG_PREFIX,
+    COST_ESTIMATE_COLUMN,
     MF_PREFIX,
     meta_feature_columns,
     row_config,
@@ -50,12 +59,13 @@ from metallmix.metalearner import PREDICTION_COLUMNS, MetaLearner, candidate_con
 from metallmix.retrieval import RetrievalIndex, normalise_meta_features
 
 SCHEMA_VERSION = 1
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 CANDIDATES_FILE = "candidates.parquet"
 BACKBONE_KEYS = ("backbone", "model", "arch")
 PARAM_COUNT_KEYS = ("n_parameters", "n_params", "param_count", "num_params")
-CONSTRAINT_NAMES = ("budget_minutes", "max_params", "backbones", "max_p_fail")
+CONSTRAINT_NAMES = ("budget_minutes", "budget_flops", "max_params", "backbones", "max_p_fail", "max_resolution")
+RESOLUTION_SETTING = "resolution"
 USUAL_SETTINGS = ("lr", "batch_size", "opt", "optimizer", "epochs", "weight_decay")
 
 # Valid ranges of metallmix's meta-features (metallmix.data.metafeatures documents each); a value
@@ -79,6 +89,18 @@ META_FEATURE_DOMAINS: dict[str, tuple[float, float]] = {
     "centroid_accuracy": (0, 1),
 }
 DOMAIN_TOLERANCE = 1e-9
+
+# How a knowledge base prices a config: recorded training times (the recommender learns to predict
+# them), a FLOP-count estimate (computed for the new dataset's sizes, metallmix.compute_cost), or nothing.
+COST_KIND_SECONDS, COST_KIND_FLOPS, COST_KIND_NONE = "seconds", "flops_estimate", "none"
+COST_DESCRIPTIONS = {
+    COST_KIND_SECONDS: "training time predicted from the recorded runs' wall times",
+    COST_KIND_FLOPS: "training compute in FLOP, an estimate from a FLOP count of each model (the knowledge base "
+                     "published no training time; see metallmix.compute_cost)",
+    COST_KIND_NONE: "no cost: the knowledge base records neither training times nor a compute estimate",
+}
+# Categorical meta-features a request may give as text (expanded by metallmix.data.descriptors).
+DESCRIPTOR_KEYS = {"modality": parse_modality, "task": parse_task}
 
 # Parameter counts (with the 1000-class ImageNet head) of the backbones that metallmix sweeps and
 # the Quick-Tune meta-dataset use, for meta-datasets that do not record them: the param_count column
@@ -122,6 +144,16 @@ BACKBONE_PARAM_COUNTS: dict[str, float] = {
     "xcit_small_12_p8_384_dist": 26.21e6,
     "xcit_tiny_12_p8_384_dist": 6.71e6,
     "xcit_tiny_24_p8_384_dist": 12.11e6,
+    # models of the MedMNIST+ benchmark (timm 1.0.31 defaults, counted on the meta device; alexnet is
+    # torchvision's; eva02 with its 512-d CLIP projection, dino and samvit without a classifier)
+    "vgg16": 138.36e6,
+    "alexnet": 61.10e6,
+    "efficientnet_b4": 19.34e6,
+    "vit_base_patch16_224": 86.57e6,
+    "vit_base_patch16_clip_224": 86.57e6,
+    "eva02_base_patch16_clip_224": 86.26e6,
+    "vit_base_patch16_224.dino": 85.80e6,
+    "samvit_base_patch16": 89.67e6,
 }
 
 
@@ -141,9 +173,11 @@ class Constraints:
     max_params: float | None = None
     backbones: tuple[str, ...] | None = None
     max_p_fail: float | None = None
+    budget_flops: float | None = None
+    max_resolution: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("budget_minutes", "max_params"):
+        for name in ("budget_minutes", "max_params", "budget_flops", "max_resolution"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not value > 0):
                 raise ConfigError(f"constraint {name} must be a positive number, got {value!r}")
@@ -234,6 +268,7 @@ class Recommender:
         candidates = candidate_configs(df).reset_index(drop=True)
         self.backbone_key_ = next((k for k in BACKBONE_KEYS if CFG_PREFIX + k in candidates.columns), None)
         self.candidates_ = _with_param_counts(candidates, df, self.backbone_key_)
+        self.cost_kind_ = _cost_kind(df)
         self._prepare_candidates()
         self.feature_domain_ = _feature_domain(df)
         self.meta_dataset_ = {
@@ -263,6 +298,11 @@ class Recommender:
         self._param_sources = self.candidates_["param_count_source"].astype(str).to_numpy()
         # the accuracy model's input for every candidate, its mf_ columns filled per query
         self._candidate_features = self.metalearner_.feature_frame({}, self._cfg_frame)
+        self._resolutions = np.array([_number_or_nan(c.get(RESOLUTION_SETTING)) for c in self._configs])
+        # the compute estimate of a candidate is per_train x n_train + per_val x n_val (metallmix.compute_cost)
+        coefficients = [flops_per_image(c["model"], c["scheme"]) if self.cost_kind_ == COST_KIND_FLOPS else (np.nan, np.nan)
+                        for c in self._configs]
+        self._flops_per_image = np.array(coefficients, dtype=float).reshape(len(self._configs), 2)
 
     def explained_rows(self, meta_features: dict[str, float], positions: list[int]) -> pd.DataFrame:
         """The accuracy model's input (``MetaLearner.feature_frame``) for the candidates at ``positions``."""
@@ -293,8 +333,11 @@ class Recommender:
         features, feature_report = self.check_meta_features(meta_features)
         feature_report["ignored"] = sorted(ignored_features or [])
 
+        if constraints.max_resolution is None and "resolution" in features and not np.isnan(self._resolutions).all():
+            constraints = replace(constraints, max_resolution=features["resolution"])
         frame = self.metalearner_.predict(features, self._cfg_frame)
         pred = {column: frame[column].to_numpy(dtype=float) for column in PREDICTION_COLUMNS}
+        pred["compute_flops"] = self._flops_per_image @ np.array([features.get("n_train", np.nan), features.get("n_val", np.nan)])
         feasibility = self._feasibility(pred, constraints)
         if not feasibility.mask.any():
             raise self._infeasible_error(pred, feasibility)
@@ -302,7 +345,7 @@ class Recommender:
         feasible = np.flatnonzero(feasibility.mask)
         ranked = feasible[np.lexsort((self._ids[feasible], -pred["score"][feasible]))]  # score desc, then id
         shortlist = [int(i) for i in ranked[:top_k]]
-        front = [int(feasible[i]) for i in pareto_front(pred["pred_accuracy"][feasible], pred["pred_cost_seconds"][feasible], self._ids[feasible])]
+        front = [int(feasible[i]) for i in pareto_front(pred["pred_accuracy"][feasible], self._cost(pred)[feasible], self._ids[feasible])]
         front_set = set(front)
         explanations = self.explainer_.explain(
             self.explained_rows(features, shortlist[: self.shap_top_k]), top_n=self.shap_top_features
@@ -337,7 +380,8 @@ class Recommender:
                     "config": dict(self._configs[i]),
                     "backbone": self._backbones[i],
                     "accuracy": _clip01(pred["pred_accuracy"][i]),
-                    "train_seconds": max(float(pred["pred_cost_seconds"][i]), 0.0),
+                    "train_seconds": _nonnegative_or_none(pred["pred_cost_seconds"][i]),
+                    "compute_flops_estimate": _nonnegative_or_none(pred["compute_flops"][i]),
                 }
                 for i in front
             ],
@@ -350,7 +394,7 @@ class Recommender:
                 "excluded_by": feasibility.excluded_by,
             },
             "meta_features": feature_report,
-            "meta_dataset": dict(self.meta_dataset_),
+            "meta_dataset": {**self.meta_dataset_, "cost": COST_DESCRIPTIONS[self.cost_kind_]},
             "degraded": degraded,
             "warnings": warnings,
         }
@@ -376,7 +420,8 @@ class Recommender:
                               "accuracy_low": min(_clip01(row["pred_accuracy_low"]), accuracy),
                               "accuracy_high": max(_clip01(row["pred_accuracy_high"]), accuracy),
                               "accuracy_std": max(float(row["pred_accuracy_std"]), 0.0),
-                              "train_seconds": max(float(row["pred_cost_seconds"]), 0.0),
+                              "train_seconds": _nonnegative_or_none(row["pred_cost_seconds"]),
+                              "compute_flops_estimate": None,
                               "p_fail": _clip01(row["p_fail"])},
             })
         shap_rows = self.metalearner_.feature_frame(features, candidates.loc[top.index[:self.shap_top_k]].reset_index(drop=True))
@@ -394,14 +439,18 @@ class Recommender:
         }
 
     def check_meta_features(self, meta_features: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-        """Validated meta-features and a report {values, imputed, outside_training_range}.
+        """Validated meta-features and a report {values, used, imputed, not_learned, outside_training_range}.
 
-        Raise ConfigError for unknown names, non-numbers, non-finite values, negative values of count
-        features (those recorded as non-negative integers in the meta-dataset), and values outside
-        ``META_FEATURE_DOMAINS`` (the documented range of metallmix's meta-features).
+        ``modality`` and ``task`` may be given as text (e.g. "chest x-ray", "binary"): they become the 0/1
+        features of metallmix.data.descriptors. Raise ConfigError for unknown names, non-numbers,
+        non-finite values, negative values of count features (those recorded as non-negative integers
+        in the meta-dataset), and values outside ``META_FEATURE_DOMAINS`` (the documented range of
+        metallmix's meta-features). A value outside the knowledge base's range is reported (the
+        predictions extrapolate) for the features the meta-learner uses.
         """
         self._check_fitted()
-        features = normalise_meta_features(meta_features, list(self.feature_domain_))
+        features = normalise_meta_features(self._expand_descriptors(meta_features), list(self.feature_domain_))
+        learned = set(self.metalearner_.meta_feature_names_)
         outside = []
         for name, value in features.items():
             domain = self.feature_domain_[name]
@@ -410,12 +459,32 @@ class Recommender:
             low, high = META_FEATURE_DOMAINS.get(name, (-math.inf, math.inf))
             if not low - DOMAIN_TOLERANCE <= value <= high + DOMAIN_TOLERANCE:
                 raise ConfigError(f"meta-feature {name!r} must lie in [{low:g}, {high:g}], got {value:g}")
-            if domain["min"] is not None and not domain["min"] <= value <= domain["max"]:
+            if name in learned and domain["min"] is not None and not domain["min"] <= value <= domain["max"]:
                 outside.append({"name": name, "value": value, "min": domain["min"], "max": domain["max"]})
         imputed = sorted(set(self.feature_domain_) - set(features))
         if len(imputed) == len(self.feature_domain_):
             raise ConfigError(f"no meta-feature given; give at least one of {sorted(self.feature_domain_)}")
-        return features, {"values": dict(sorted(features.items())), "imputed": imputed, "outside_training_range": outside}
+        report = {
+            "values": dict(sorted(features.items())),
+            "used": sorted(learned & set(features)),
+            "imputed": imputed,
+            "not_learned": dict(sorted(self.metalearner_.unused_meta_features_.items())),
+            "outside_training_range": outside,
+        }
+        return features, report
+
+    def _expand_descriptors(self, meta_features: dict[str, Any]) -> dict[str, Any]:
+        """``modality`` / ``task`` text -> their 0/1 meta-features (those this knowledge base knows)."""
+        if not isinstance(meta_features, dict) or not DESCRIPTOR_KEYS.keys() & set(meta_features):
+            return meta_features
+        out = {k: v for k, v in meta_features.items() if k not in DESCRIPTOR_KEYS}
+        given = {key: DESCRIPTOR_KEYS[key](str(meta_features[key])) for key in DESCRIPTOR_KEYS if meta_features.get(key) is not None}
+        expanded = descriptor_features(given.get("modality"), given.get("task"))
+        for name, value in expanded.items():
+            prefix = name.split("_", 1)[0]
+            if prefix in given and name in self.feature_domain_:
+                out[name] = value
+        return out
 
     def _item(self, rank: int, i: int, pred: dict[str, np.ndarray], pareto: set[int]) -> dict[str, Any]:
         """The shortlist entry of candidate ``i`` (a position in ``candidates_``)."""
@@ -441,8 +510,19 @@ class Recommender:
             result.mask &= ok
 
         if constraints.budget_minutes is not None:
+            if self.cost_kind_ != COST_KIND_SECONDS:
+                raise ConfigError(f"budget_minutes cannot be checked: this knowledge base has {COST_DESCRIPTIONS[self.cost_kind_]}"
+                                  + ("; give a compute budget instead (budget_flops, --budget 5PFLOP)" if self.cost_kind_ == COST_KIND_FLOPS else ""))
             minutes = pred["pred_cost_seconds"] / 60.0
             apply("budget_minutes", minutes <= constraints.budget_minutes, np.maximum(minutes / constraints.budget_minutes - 1, 0))
+        if constraints.budget_flops is not None:
+            if self.cost_kind_ != COST_KIND_FLOPS:
+                raise ConfigError(f"budget_flops cannot be checked: this knowledge base has {COST_DESCRIPTIONS[self.cost_kind_]}"
+                                  + ("; give a time budget instead (budget_minutes, --budget 30min)" if self.cost_kind_ == COST_KIND_SECONDS else ""))
+            flops = pred["compute_flops"]
+            if np.isnan(flops).all():
+                raise ConfigError("budget_flops needs the dataset's n_train and n_val meta-features to estimate compute; give them")
+            apply("budget_flops", flops <= constraints.budget_flops, np.nan_to_num(np.maximum(flops / constraints.budget_flops - 1, 0), nan=np.inf))
         if constraints.max_params is not None:
             unknown = np.isnan(self._params)
             ok = unknown | (self._params <= constraints.max_params)
@@ -468,7 +548,16 @@ class Recommender:
         if constraints.max_p_fail is not None:
             p_fail = pred["p_fail"]
             apply("max_p_fail", p_fail <= constraints.max_p_fail, np.maximum(p_fail - constraints.max_p_fail, 0))
+        if constraints.max_resolution is not None and not np.isnan(self._resolutions).all():
+            resolution = np.nan_to_num(self._resolutions, nan=0.0)
+            apply("max_resolution", resolution <= constraints.max_resolution,
+                  np.maximum(resolution / constraints.max_resolution - 1, 0))
         return result
+
+    def _cost(self, pred: dict[str, np.ndarray]) -> np.ndarray:
+        """The cost the Pareto front trades accuracy against: seconds or estimated FLOPs (zeros if none)."""
+        cost = pred["compute_flops"] if self.cost_kind_ == COST_KIND_FLOPS else pred["pred_cost_seconds"]
+        return np.nan_to_num(cost, nan=0.0)
 
     def _infeasible_error(self, pred: dict[str, np.ndarray], feasibility: _Feasibility) -> InfeasibleConstraintsError:
         """Name what to relax for the closest candidate: fewest constraints broken, then smallest breach, then best score."""
@@ -484,6 +573,10 @@ class Recommender:
                 continue
             if name == "budget_minutes":
                 needs.append(f"relax budget_minutes to >= {math.ceil(pred['pred_cost_seconds'][i] / 60.0 * 100) / 100:g}")
+            elif name == "budget_flops":
+                needs.append(f"relax budget_flops to >= {pred['compute_flops'][i]:.3g} FLOP (estimate)")
+            elif name == "max_resolution":
+                needs.append(f"give images of at least {self._resolutions[i]:g} px")
             elif name == "max_params":
                 needs.append(f"relax max_params to >= {self._params[i]:.4g}")
             elif name == "backbones":
@@ -496,7 +589,7 @@ class Recommender:
             f"no candidate config meets all constraints ({excluded} of {len(self._ids)} candidates); "
             f"{' and '.join(needs)}: the closest candidate is {closest['candidate_id']} "
             f"(backbone {closest['backbone']}, predicted accuracy {closest['predicted']['accuracy']:.3f}, "
-            f"{closest['predicted']['train_seconds'] / 60:.2f} min, p_fail {closest['predicted']['p_fail']:.3f}, "
+            f"{cost_text(closest['predicted'])}, p_fail {closest['predicted']['p_fail']:.3f}, "
             f"{_format_params(closest['param_count']['value'])} parameters)"
         )
         return InfeasibleConstraintsError(message, closest)
@@ -510,12 +603,14 @@ class Recommender:
                 f"degraded: the meta-dataset holds runs of a single dataset ({only}); the meta-learner cannot "
                 "tell datasets apart, so this ranking is that dataset's, whatever the new dataset is"
             )
-        if feature_report["imputed"]:
-            if len(feature_report["imputed"]) * 2 > len(self.feature_domain_):
+        learned = self.metalearner_.meta_feature_names_
+        missing = [name for name in feature_report["imputed"] if name in learned]
+        if missing:
+            if len(missing) * 2 > len(learned):
                 degraded = True
-                warnings.append(f"degraded: most meta-features are missing ({feature_report['imputed']}); predictions rest on the rest")
+                warnings.append(f"degraded: most meta-features the model uses are missing ({missing}); predictions rest on the rest")
             else:
-                warnings.append(f"meta-features {feature_report['imputed']} were not given; the models treated them as missing")
+                warnings.append(f"meta-features {missing} were not given; the models treated them as missing")
         for item in feature_report["outside_training_range"]:
             warnings.append(
                 f"meta-feature {item['name']} = {item['value']:g} lies outside the meta-dataset's range "
@@ -525,6 +620,14 @@ class Recommender:
             warnings.append(f"meta-features {feature_report['ignored']} are unknown to this meta-dataset and were ignored")
         for item in feasibility.unchecked:
             warnings.append(f"constraint {item['constraint']} could not be checked for {item['n_candidates']} candidates ({', '.join(item['backbones'])})")
+        if feasibility.excluded_by.get("max_resolution"):
+            side = feature_report["values"].get("resolution")
+            warnings.append(
+                f"{feasibility.excluded_by['max_resolution']} configs train at a resolution above "
+                + (f"the dataset's {side:g} px images" if side is not None else "max_resolution")
+                + " and were left out (the recorded runs downsampled images, never upsampled them); "
+                "with larger images of the same data (MedMNIST+ publishes 64, 128 and 224 px) they can be considered"
+            )
         return warnings, degraded
 
     # ------------------------------------------------------------ save/load
@@ -551,6 +654,7 @@ class Recommender:
                 "random_state": self.random_state,
             },
             "backbone_key": self.backbone_key_,
+            "cost_kind": self.cost_kind_,
             "feature_domain": self.feature_domain_,
             "meta_dataset": self.meta_dataset_,
         }
@@ -573,6 +677,7 @@ class Recommender:
         self.explainer_ = ShapExplainer.load(folder / parts["explainer"], self.metalearner_.accuracy_model)
         self.candidates_ = pd.read_parquet(folder / parts["candidates"])
         self.backbone_key_ = manifest["backbone_key"]
+        self.cost_kind_ = manifest["cost_kind"]
         self.feature_domain_ = manifest["feature_domain"]
         self.meta_dataset_ = manifest["meta_dataset"]
         self._prepare_candidates()
@@ -590,10 +695,44 @@ def recommend(
     return recommender.recommend(meta_features, constraints, top_k)
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a recommendation knows of a dataset read from disk: its computed meta-features (with the
+    0/1 modality and task features of metallmix.data.descriptors) and where they came from."""
+
+    source: str
+    kind: str
+    meta_features: dict[str, float]
+    modality: str | None
+    task: str | None
+
+    @property
+    def is_medical(self) -> bool:
+        return self.kind == "medmnist" or modality_family(self.modality) is not None
+
+
+def describe_dataset(dataset: str | dict[str, Any], *, modality: str | None = None, task: str | None = None) -> DatasetFacts:
+    """Load a dataset (path, name or config), compute its meta-features, and add its modality and task.
+
+    ``modality`` / ``task`` (e.g. from ``--modality`` / ``--task``) win over what the dataset's config or
+    its source documents (MedMNIST's own modality and task). The task of a 2-class dataset is binary
+    (every loader here is single-label); other tasks are missing unless given.
+    """
+    from metallmix.data import compute_meta_features, load_dataset
+
+    loaded = load_dataset(dataset_config(dataset))
+    meta_features = {str(k): float(v) for k, v in compute_meta_features(loaded).items()}
+    modality = parse_modality(modality) if modality is not None else (None if loaded.modality == "unknown" else loaded.modality)
+    task = parse_task(task) if task is not None else (loaded.description.get("task") or ("binary" if loaded.n_classes == 2 else None))
+    meta_features.update(descriptor_features(modality, task))
+    return DatasetFacts(source=str(dataset if not isinstance(dataset, dict) else loaded.name), kind=loaded.kind,
+                        meta_features=meta_features, modality=modality, task=task)
+
+
 def recommend_for_dataset(
     recommender: Recommender,
     *,
-    dataset: str | dict[str, Any] | None = None,
+    dataset: str | dict[str, Any] | DatasetFacts | None = None,
     meta_features: str | Path | dict[str, Any] | None = None,
     constraints: Constraints | dict[str, Any] | None = None,
     top_k: int = 5,
@@ -602,15 +741,16 @@ def recommend_for_dataset(
 
     Args:
         dataset: a MedMNIST ``.npz`` path, an image folder path, a registered name (e.g.
-            "breastmnist"), or a dataset config mapping; its meta-features are computed here.
-            Computed features the recommender does not know are listed as ignored.
+            "breastmnist"), a dataset config mapping (its meta-features are computed here), or the
+            ``DatasetFacts`` of one. Computed features the recommender does not know are listed as
+            ignored; missing ones (NaN: an unknown modality or task) as imputed.
         meta_features: a dict, a JSON object string, or the path of a JSON file.
     """
     if (dataset is None) == (meta_features is None):
         raise ConfigError("give exactly one of dataset (a path or name) and meta_features (JSON or a file)")
     if meta_features is not None:
         return recommender.recommend(parse_meta_features(meta_features), constraints, top_k)
-    computed = dataset_meta_features_of(dataset)
+    computed = (dataset if isinstance(dataset, DatasetFacts) else describe_dataset(dataset)).meta_features
     known = set(recommender.feature_domain_)
     ignored = sorted(set(computed) - known)
     used = {k: v for k, v in computed.items() if k in known and v is not None and math.isfinite(v)}
@@ -668,13 +808,6 @@ def dataset_config(dataset: str | dict[str, Any]) -> dict[str, Any]:
     return {"kind": "medmnist", "name": name, **({"size": int(size)} if size else {})}
 
 
-def dataset_meta_features_of(dataset: str | dict[str, Any]) -> dict[str, float]:
-    """Load a dataset (path, name or config) and compute its meta-features with metallmix.data."""
-    from metallmix.data import compute_meta_features, load_dataset
-
-    return {str(k): float(v) for k, v in compute_meta_features(load_dataset(dataset_config(dataset))).items()}
-
-
 def pareto_front(accuracy: np.ndarray, seconds: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Positions of the candidates that no other beats on both accuracy (higher) and time (lower), fastest first.
 
@@ -695,6 +828,15 @@ def content_hash(df: pd.DataFrame) -> str:
     return digest.hexdigest()[:24]
 
 
+def cost_text(predicted: dict[str, Any]) -> str:
+    """'training about 12 min', or 'training compute about 3.1 PFLOP (est.)' where only an estimate exists."""
+    if predicted.get("train_seconds") is not None:
+        return f"training about {_duration(predicted['train_seconds'])}"
+    if predicted.get("compute_flops_estimate") is not None:
+        return f"training compute about {format_flops(predicted['compute_flops_estimate'])}"
+    return "training cost unknown"
+
+
 def template_explanation(document: dict[str, Any]) -> str:
     """A short readable justification built from the document's own evidence (no LLM)."""
     pred = document["predicted"]
@@ -707,7 +849,7 @@ def template_explanation(document: dict[str, Any]) -> str:
     lines = [
         f"Recommended: {backbone}{size}" + (f" with {settings} (full config in 'config')." if settings else "."),
         f"Predicted accuracy {pred['accuracy']:.1%} (likely range {pred['accuracy_low']:.1%} to "
-        f"{pred['accuracy_high']:.1%}), training about {_duration(pred['train_seconds'])}, failure risk {pred['p_fail']:.0%}.",
+        f"{pred['accuracy_high']:.1%}), {cost_text(pred)}, failure risk {pred['p_fail']:.0%}.",
     ]
     shap = document["evidence"]["shap"]
     if shap:
@@ -789,9 +931,26 @@ def _predicted(pred: dict[str, np.ndarray], i: int) -> dict[str, float]:
         "accuracy_low": min(_clip01(pred["pred_accuracy_low"][i]), accuracy),
         "accuracy_high": max(_clip01(pred["pred_accuracy_high"][i]), accuracy),
         "accuracy_std": max(float(pred["pred_accuracy_std"][i]), 0.0),
-        "train_seconds": max(float(pred["pred_cost_seconds"][i]), 0.0),
+        "train_seconds": _nonnegative_or_none(pred["pred_cost_seconds"][i]),
+        "compute_flops_estimate": _nonnegative_or_none(pred["compute_flops"][i]),
         "p_fail": _clip01(pred["p_fail"][i]),
     }
+
+
+def _cost_kind(df: pd.DataFrame) -> str:
+    if df["cost_seconds"].notna().any():
+        return COST_KIND_SECONDS
+    if COST_ESTIMATE_COLUMN in df.columns and df[COST_ESTIMATE_COLUMN].notna().any():
+        return COST_KIND_FLOPS
+    return COST_KIND_NONE
+
+
+def _number_or_nan(value: Any) -> float:
+    return float(value) if _is_number(value) else math.nan
+
+
+def _nonnegative_or_none(value: Any) -> float | None:
+    return max(float(value), 0.0) if _is_number(value) else None
 
 
 def _text_or_none(value: Any) -> str | None:

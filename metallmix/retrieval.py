@@ -33,9 +33,11 @@ import pandas as pd
 
 from metallmix.errors import ConfigError, SchemaError
 from metallmix.metadataset.schema import (
+    COST_ESTIMATE_COLUMN,
     MF_PREFIX,
     STATUS_OK,
     canonical_json,
+    config_set_meta_features,
     meta_feature_columns,
     row_config,
     validate_rows,
@@ -68,8 +70,13 @@ def normalise_meta_features(meta_features: dict[str, Any], known: list[str]) -> 
 
 
 def dataset_meta_features(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset (index dataset_id): the mean of its rows' meta-features, prefix removed."""
-    columns = meta_feature_columns(df)
+    """One row per dataset (index dataset_id): the mean of its rows' meta-features, prefix removed.
+
+    Meta-features set by the config (``config_set_meta_features``) vary between a dataset's runs and
+    say nothing of the dataset: they are left out.
+    """
+    set_by_config = {MF_PREFIX + name for name in config_set_meta_features(df)}
+    columns = [c for c in meta_feature_columns(df) if c not in set_by_config]
     table = df.groupby("dataset_id", sort=True)[columns].mean()
     table.columns = [c[len(MF_PREFIX):] for c in columns]
     return table
@@ -92,7 +99,8 @@ def best_configs(df: pd.DataFrame, n: int) -> dict[str, list[dict[str, Any]]]:
                 {
                     "config": config,
                     "accuracy": float(row["accuracy"]),
-                    "cost_seconds": float(row["cost_seconds"]),
+                    "cost_seconds": _finite_or_none(row["cost_seconds"]),
+                    "cost_flops_estimate": _finite_or_none(row.get(COST_ESTIMATE_COLUMN)),
                     "run_id": str(row["run_id"]),
                 }
             )
@@ -163,6 +171,7 @@ class RetrievalIndex:
             raise SchemaError("the meta-dataset has no run with status 'ok'; retrieval needs at least one")
         table = dataset_meta_features(df).loc[sorted(top)]
         self.feature_names_ = list(table.columns)
+        self.config_set_features_ = config_set_meta_features(df)
         values = table.to_numpy(dtype=np.float64)
         self.log_features_ = [name for j, name in enumerate(self.feature_names_) if _is_count_column(values[:, j])]
         self.mean_, self.scale_ = _column_statistics(self._log_transform(values))
@@ -208,6 +217,8 @@ class RetrievalIndex:
     def embed(self, meta_features: dict[str, float]) -> tuple[np.ndarray, list[str]]:
         """The query vector (1, d) and the features imputed because the query lacks them."""
         self._check_fitted()
+        set_by_config = set(self.config_set_features_)
+        meta_features = {k: v for k, v in meta_features.items() if str(k).removeprefix(MF_PREFIX) not in set_by_config}
         features = normalise_meta_features(meta_features, self.feature_names_)
         row = np.array([[features.get(name, np.nan) for name in self.feature_names_]], dtype=np.float64)
         imputed = [name for name in self.feature_names_ if name not in features]
@@ -219,7 +230,8 @@ class RetrievalIndex:
         """The ``k`` nearest datasets, nearest first.
 
         Returns a list of {dataset_id, distance, meta_features, top_configs, imputed_features};
-        top_configs is [{config, accuracy, cost_seconds, run_id}], best first.
+        top_configs is [{config, accuracy, cost_seconds, cost_flops_estimate, run_id}], best first
+        (a cost is null where the knowledge base has none).
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -260,6 +272,7 @@ class RetrievalIndex:
             "embedding": self.embedding,
             "n_top_configs": self.n_top_configs,
             "feature_names": self.feature_names_,
+            "config_set_features": self.config_set_features_,
             "log_features": self.log_features_,
             "mean": [float(v) for v in self.mean_],
             "scale": [float(v) for v in self.scale_],
@@ -281,6 +294,7 @@ class RetrievalIndex:
             raise ConfigError(f"{state_path} has format_version {state.get('format_version')}, this metallmix reads {FORMAT_VERSION}; refit the index")
         self = cls(state["embedding"], n_top_configs=int(state["n_top_configs"]))
         self.feature_names_ = list(state["feature_names"])
+        self.config_set_features_ = list(state.get("config_set_features", []))
         self.log_features_ = list(state["log_features"])
         self.mean_ = np.asarray(state["mean"], dtype=np.float64)
         self.scale_ = np.asarray(state["scale"], dtype=np.float64)
@@ -292,6 +306,10 @@ class RetrievalIndex:
         if self._index.ntotal != len(self.dataset_ids_):
             raise ConfigError(f"{index_path} holds {self._index.ntotal} vectors but {state_path} lists {len(self.dataset_ids_)} datasets; refit the index")
         return self
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and not pd.isna(value) and math.isfinite(float(value)) else None
 
 
 def _column_statistics(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,16 @@ ones included, becomes one row of the meta-dataset store, written by the driver 
 reports it; a run's key is a hash of dataset, config and seed, so an interrupted sweep (Ctrl-C, a
 killed worker or driver) is resumed by running the same command again: recorded runs are skipped,
 none is duplicated or lost.
+
+A space may be written in another vocabulary than metallmix's training config -- an imported
+benchmark's, so that the sweep extends that knowledge base with comparable rows: its ``translation``
+names a module (:class:`SpaceTranslation`) that completes each point into the config its rows record,
+turns that into the training config the trial runs, and says which points a dataset cannot take.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import os
@@ -19,15 +25,16 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from metallmix.data import compute_meta_features, dataset_id, load_dataset
 from metallmix.data.base import ImageDataset
-from metallmix.errors import ConfigError, MetallmixError
+from metallmix.errors import ConfigError, MetallmixError, WeightsUnavailableError
 from metallmix.metadataset.schema import STATUS_FAILED, STATUS_OK, canonical_json, make_row, row_config, run_key
 from metallmix.metadataset.store import MetaDatasetStore
 from metallmix.training import check_weights_available, train_run, validate_config
@@ -51,22 +58,95 @@ def _plain(obj: Any) -> Any:
 # search space
 
 
-def expand_space(space: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """All valid configs of a search space, in a stable order.
+class SpaceTranslation(Protocol):
+    """How the points of a space written in another vocabulary become rows and training runs.
+
+    A module (or object) with these four functions, named by the space's ``translation:`` as a dotted
+    import path, ``module`` or ``module:object`` (e.g. ``metallmix.metadataset.medmnistplus_space``).
+    """
+
+    def recorded_config(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """The completed, normalised config a row records for a point (its cfg_ columns; its run id hashes it)."""
+
+    def training_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The metallmix training config (:func:`metallmix.training.validate_config`) that runs it."""
+
+    def skip_reason(self, config: Mapping[str, Any], meta_features: Mapping[str, float]) -> str | None:
+        """Why the config is not run on a dataset with these meta-features; None when it is."""
+
+    def row_meta_features(self, config: Mapping[str, Any], meta_features: Mapping[str, float]) -> dict[str, float]:
+        """The meta-features its row records (the dataset's, or some set by the config)."""
+
+
+class _TrainingConfigSpace:
+    """The translation of a space written as training configs: a point is its own validated config."""
+
+    @staticmethod
+    def recorded_config(point: Mapping[str, Any]) -> dict[str, Any]:
+        return validate_config(point)
+
+    @staticmethod
+    def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(config)
+
+    @staticmethod
+    def skip_reason(config: Mapping[str, Any], meta_features: Mapping[str, float]) -> str | None:
+        return None
+
+    @staticmethod
+    def row_meta_features(config: Mapping[str, Any], meta_features: Mapping[str, float]) -> dict[str, float]:
+        return dict(meta_features)
+
+
+TRANSLATION_FUNCTIONS = ("recorded_config", "training_config", "skip_reason", "row_meta_features")
+
+
+def space_translation(space: Mapping[str, Any]) -> SpaceTranslation:
+    """The translation a space names in ``translation:``, or the identity one of training-config spaces."""
+    path = _plain(space).get("translation")
+    if not path:
+        return _TrainingConfigSpace()
+    module, _, attribute = str(path).partition(":")
+    try:
+        translation = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"space.translation={path!r} cannot be imported ({exc}); give a module's dotted path, "
+                          "e.g. metallmix.metadataset.medmnistplus_space") from exc
+    if attribute:
+        translation = getattr(translation, attribute, None)
+    missing = [name for name in TRANSLATION_FUNCTIONS if not callable(getattr(translation, name, None))]
+    if missing:
+        raise ConfigError(f"space.translation={path!r} lacks {', '.join(missing)}; a translation provides "
+                          f"{', '.join(TRANSLATION_FUNCTIONS)} (see metallmix.sweep.SpaceTranslation)")
+    return translation
+
+
+@dataclass(frozen=True)
+class SpacePoint:
+    """One point of a search space: the config its rows record and the training config its trials run."""
+
+    config: dict[str, Any]
+    training: dict[str, Any]
+
+
+def expand_space_points(space: Mapping[str, Any]) -> list[SpacePoint]:
+    """All valid points of a search space, in a stable order.
 
     A space is ``{"grid": [block, ...], "fixed": {...}}``: each block maps a hyperparameter to the
     list of its values and stands for their Cartesian product; the space is the union of its blocks
     (as scikit-learn's ParameterGrid), each point completed by ``fixed``. Every point is checked
-    with :func:`metallmix.training.validate_config`; an invalid point is an error naming it.
+    with :func:`metallmix.training.validate_config` (after its space's translation, if it names one);
+    an invalid point is an error naming it. Nothing is built or loaded: no model, no weights.
     """
     space = _plain(space)
+    translation = space_translation(space)
     blocks = space.get("grid")
     if isinstance(blocks, Mapping):
         blocks = [blocks]
     if not blocks:
         raise ConfigError(f"search space {space.get('name', '?')!r} has no grid; give space.grid as a list of blocks")
     fixed = dict(space.get("fixed") or {})
-    configs: list[dict[str, Any]] = []
+    points: list[SpacePoint] = []
     seen: set[str] = set()
     for i, block in enumerate(blocks):
         if not isinstance(block, Mapping) or not block:
@@ -79,14 +159,24 @@ def expand_space(space: Mapping[str, Any]) -> list[dict[str, Any]]:
         for combo in itertools.product(*values):
             point = {**fixed, **dict(zip(names, combo))}
             try:
-                config = validate_config(point)
+                config = translation.recorded_config(point)
+                training = validate_config(translation.training_config(config))
             except ConfigError as exc:
                 raise ConfigError(f"space.grid[{i}] point {point} is invalid: {exc}") from exc
             key = canonical_json(config)
             if key not in seen:
                 seen.add(key)
-                configs.append(config)
-    return configs
+                points.append(SpacePoint(config, training))
+    return points
+
+
+def expand_space(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """All valid configs of a search space, as its rows record them, in a stable order.
+
+    For a space of training configs these are the validated training configs; for a translated space,
+    its points in their own vocabulary (:func:`expand_space_points` gives their training configs too).
+    """
+    return [point.config for point in expand_space_points(space)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,18 +195,22 @@ class PreparedDataset:
 class TrialSpec:
     run_id: str
     dataset_id: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # as the row records it
     seed: int
+    training: dict[str, Any]  # the validated training config the trial runs
+    meta_features: dict[str, float]  # as the row records them
 
     def as_tune_config(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "dataset_id": self.dataset_id, "config": self.config, "seed": self.seed}
+        return {"run_id": self.run_id, "dataset_id": self.dataset_id, "config": self.config, "seed": self.seed,
+                "training": self.training, "meta_features": self.meta_features}
 
 
 @dataclass
 class SweepPlan:
     datasets: dict[str, PreparedDataset]
     trials: list[TrialSpec]
-    skipped: list[TrialSpec] = field(default_factory=list)
+    skipped: list[TrialSpec] = field(default_factory=list)  # already recorded
+    left_out: Counter[str] = field(default_factory=Counter)  # runs the space's translation rules out, by reason
 
 
 def prepare_datasets(dataset_cfgs: Sequence[Mapping[str, Any]]) -> dict[str, PreparedDataset]:
@@ -136,15 +230,25 @@ def prepare_datasets(dataset_cfgs: Sequence[Mapping[str, Any]]) -> dict[str, Pre
 
 def plan_sweep(
     datasets: dict[str, PreparedDataset],
-    configs: Sequence[dict[str, Any]],
+    points: Sequence[SpacePoint],
     seeds: Sequence[int],
     done: set[str],
+    translation: SpaceTranslation | None = None,
 ) -> SweepPlan:
-    trials, skipped = [], []
-    for ds_id, config, seed in itertools.product(datasets, configs, seeds):
-        spec = TrialSpec(run_key(ds_id, config, seed), ds_id, config, int(seed))
+    """Every dataset x point x seed as a trial to run, one already recorded (``done``), or one left out
+    because the translation says the dataset cannot take the point."""
+    translation = translation or _TrainingConfigSpace()
+    trials, skipped, left_out = [], [], Counter()
+    for (ds_id, prepared), point, seed in itertools.product(datasets.items(), points, seeds):
+        reason = translation.skip_reason(point.config, prepared.meta_features)
+        if reason is not None:
+            left_out[reason] += 1
+            continue
+        meta_features = translation.row_meta_features(point.config, prepared.meta_features)
+        spec = TrialSpec(run_key(ds_id, point.config, seed), ds_id, point.config, int(seed), point.training,
+                         meta_features)
         (skipped if spec.run_id in done else trials).append(spec)
-    return SweepPlan(datasets, trials, skipped)
+    return SweepPlan(datasets, trials, skipped, left_out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,14 +301,20 @@ def worker_hardware() -> dict[str, Any]:
 
 def build_row(spec: Mapping[str, Any], prepared: PreparedDataset, space_name: str, provenance: dict,
               result: dict | None, error: str | None) -> dict[str, Any]:
-    """One meta-dataset row from a finished (result) or failed (error) run."""
+    """One meta-dataset row from a finished (result) or failed (error) run.
+
+    The row records the spec's config and meta-features; where the trial ran a translated training
+    config, provenance keeps it too (and a finished run's metrics hold it as ``config``).
+    """
     provenance = {**provenance, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if spec["training"] != spec["config"]:
+        provenance["training_config"] = spec["training"]
     common = dict(
         dataset_id=prepared.id,
         dataset_kind=prepared.dataset.kind,
         dataset_parent=prepared.dataset.parent,
         modality=prepared.dataset.modality,
-        meta_features=prepared.meta_features,
+        meta_features=spec["meta_features"],
         config=spec["config"],
         seed=spec["seed"],
         search_space=space_name,
@@ -238,7 +348,7 @@ def sweep_trial(tune_config: dict[str, dict[str, Any]], *, datasets: dict[str, P
     provenance = {**provenance, "hardware": worker_hardware()}
     num_threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
     try:
-        result = train_run(spec["config"], prepared.dataset, seed=spec["seed"],
+        result = train_run(spec["training"], prepared.dataset, seed=spec["seed"],
                            num_threads=num_threads, allow_download=allow_download,
                            report=lambda epoch: tune.report(dict(epoch)))
         row = build_row(spec, prepared, space_name, provenance, result, None)
@@ -264,9 +374,11 @@ def _recorder_callback(store: MetaDatasetStore, plan: SweepPlan, space_name: str
             self.started = time.monotonic()
             configs = [t.config for t in plan.trials]
             keys = sorted({k for c in configs for k in c})
-            # Show what tells runs apart: the backbone and every hyperparameter the plan varies.
-            self.shown = ["backbone"] + [k for k in keys if k != "backbone"
-                                         and len({canonical_json(c.get(k)) for c in configs}) > 1]
+            # Show what tells runs apart: the backbone (a translated space's model) and every
+            # hyperparameter the plan varies.
+            lead = [k for k in ("backbone", "model") if k in keys] or ["backbone"]
+            self.shown = lead + [k for k in keys if k not in lead
+                                 and len({canonical_json(c.get(k)) for c in configs}) > 1]
 
         def _progress(self, row: dict[str, Any]) -> None:
             self.recorded += 1
@@ -315,22 +427,26 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
     started = time.monotonic()
     space = cfg["space"]
     space_name = str(space.get("name", "custom"))
-    configs = expand_space(space)
+    points = expand_space_points(space)
     allow_download = bool(cfg.get("allow_download", False))
-    for backbone, weights in sorted({(c["backbone"], c["weights"]) for c in configs}):
-        check_weights_available(backbone, weights, allow_download=allow_download)
+    check_space_weights(points, allow_download=allow_download)
     dataset_cfgs = [cfg["dataset"]] if cfg.get("dataset") else list(cfg.get("datasets") or [])
     datasets = prepare_datasets(dataset_cfgs)
     seeds = list(cfg.get("seeds") or [0])
 
     store = MetaDatasetStore(Path(cfg["store"]).expanduser())
     done = store.finished_run_ids(include_failed=not cfg.get("retry_failed", False))
-    plan = plan_sweep(datasets, configs, seeds, done)
+    plan = plan_sweep(datasets, points, seeds, done, space_translation(space))
     provenance = driver_provenance()
-    print(f"metallmix sweep: {len(datasets)} datasets x {len(configs)} configs x {len(seeds)} seeds = "
-          f"{len(plan.trials) + len(plan.skipped)} runs; {len(plan.skipped)} already recorded in {store.root}, "
+    n_runs = len(plan.trials) + len(plan.skipped) + sum(plan.left_out.values())
+    print(f"metallmix sweep: {len(datasets)} datasets x {len(points)} configs x {len(seeds)} seeds = "
+          f"{n_runs} runs; {len(plan.skipped)} already recorded in {store.root}, "
           f"{len(plan.trials)} to run", flush=True)
+    if plan.left_out:
+        why = "; ".join(f"{reason} ({n})" for reason, n in sorted(plan.left_out.items()))
+        print(f"metallmix sweep: {sum(plan.left_out.values())} runs left out: {why}", flush=True)
 
+    configs = [point.config for point in points]
     store.write_manifest(_manifest(cfg, datasets, configs, seeds, provenance, store))
     recorded_before = len(store.run_ids())
     if plan.trials:
@@ -372,6 +488,22 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
     return result
 
 
+def check_space_weights(points: Sequence[SpacePoint], *, allow_download: bool) -> None:
+    """Stop before any trial if a backbone of the space lacks weights that may not be downloaded:
+    one WeightsUnavailableError saying, for each such backbone, what to place where."""
+    messages = []
+    for backbone, weights in sorted({(p.training["backbone"], p.training["weights"]) for p in points}):
+        try:
+            check_weights_available(backbone, weights, allow_download=allow_download)
+        except WeightsUnavailableError as exc:
+            messages.append(str(exc))
+    if len(messages) == 1:
+        raise WeightsUnavailableError(messages[0])
+    if messages:
+        raise WeightsUnavailableError(f"{len(messages)} backbones of the space lack their weights (or pass "
+                                      "allow_download=true):\n" + "\n".join(f"- {m}" for m in messages))
+
+
 def _manifest(cfg, datasets, configs, seeds, provenance, store) -> dict[str, Any]:
     return {
         "what": "metallmix meta-dataset recorded by python -m metallmix.sweep",
@@ -395,7 +527,10 @@ def summary_table(store: MetaDatasetStore) -> str:
     df = store.read()
     if df.empty:
         return "(no runs recorded)"
-    df = df.assign(backbone=df.get("cfg_backbone", "?"), ok=df["status"] == STATUS_OK)
+    # A translated space's rows name their backbone in their own vocabulary (MedMNIST+: cfg_model).
+    columns = [c for c in ("cfg_backbone", "cfg_model") if c in df.columns]
+    backbone = df[columns].bfill(axis=1).iloc[:, 0].fillna("?") if columns else "?"
+    df = df.assign(backbone=backbone, ok=df["status"] == STATUS_OK)
     rows = []
     for (ds, bb), g in df.groupby(["dataset_id", "backbone"], sort=True):
         okg = g[g["ok"]]

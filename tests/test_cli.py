@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from test_recommend import QUERY, make_test_meta_dataset
 
-from metallmix.cli import _param_count, main
+from metallmix.cli import _budget, _param_count, main
+from metallmix.recommend import FORMAT_VERSION
 from metallmix.schemas import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_recommend_json_end_to_end(meta_dataset_file: Path, cache: Path) -> None
     assert all(i["backbone"] in {"resnet18", "mobilenet_v3_small"} for i in doc["shortlist"])
     assert all(i["predicted"]["train_seconds"] <= 30 * 60 for i in doc["shortlist"])
     # the fitted recommender was cached under the meta-dataset's content hash
-    cached = list((cache / "recommenders" / "v1").iterdir())
+    cached = list((cache / "recommenders" / f"v{FORMAT_VERSION}").iterdir())
     assert len(cached) == 1 and (cached[0] / "manifest.json").is_file()
     assert cached[0].name == doc["meta_dataset"]["content_hash"]
     assert "fitting a recommender" in result.stderr
@@ -102,7 +103,11 @@ def test_model_dir_is_fitted_then_loaded(meta_dataset_file: Path, tmp_path, caps
     first = json.loads(capsys.readouterr().out)
     assert (model / "manifest.json").is_file()
     assert main(["recommend", "--meta-features", json.dumps(QUERY), "--json", "--model-dir", str(model)]) == 0
-    assert json.loads(capsys.readouterr().out) == first
+    second = json.loads(capsys.readouterr().out)
+    selection = first["meta_dataset"].pop("selection")
+    assert selection["default"] is False and selection["reason"] == "named with --meta-dataset"
+    assert second["meta_dataset"].pop("selection")["reason"] == f"the recommender saved in {model}"
+    assert second == first
     other = tmp_path / "other.parquet"
     make_test_meta_dataset(n_datasets=3).to_parquet(other, index=False)
     assert main(["recommend", "--meta-dataset", str(other), "--meta-features", "{}", "--model-dir", str(model)]) == 2
@@ -139,7 +144,7 @@ def test_unreadable_cache_is_refitted(meta_dataset_file: Path, tmp_path, capsys)
             "--json", "--cache-dir", str(tmp_path)]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    (manifest,) = (tmp_path / "recommenders" / "v1").glob("*/manifest.json")
+    (manifest,) = (tmp_path / "recommenders" / f"v{FORMAT_VERSION}").glob("*/manifest.json")
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 999}))
     assert main(argv) == 0
     captured = capsys.readouterr()

@@ -106,7 +106,8 @@ def test_default_pick_with_baselines_is_json_and_tabulates():
                         for i, name in enumerate(["A", "B", "C", "D"])})
     result = evaluate_lodo(table, learner_params=FAST, random_ks=(1, 3))
     json.dumps(result)
-    assert result["methods"] == ["metalearner", "random_1", "random_3", "plain_surrogate", "nearest_dataset"]
+    assert result["methods"] == ["metalearner", "random_1", "random_3", "portfolio", "plain_surrogate", "nearest_dataset",
+                                 "cost_aware"]
     entry = result["datasets"][0]
     assert {"picked_config_id", "accuracy", "normalized_regret", "cost_seconds", "n_candidates"} <= set(entry)
     assert entry["random_1"]["normalized_regret"] == pytest.approx(0.5)

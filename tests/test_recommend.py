@@ -87,6 +87,7 @@ def test_output_validates_and_is_json(recommender: Recommender) -> None:
     assert doc["explanation_source"] == "template" and doc["explanation"].startswith("Recommended: ")
     assert doc["meta_dataset"] == {
         "spec": "test-data", "n_runs": 108, "n_datasets": 6, "content_hash": recommender.meta_dataset_["content_hash"],
+        "cost": "training time predicted from the recorded runs' wall times",
     }
     assert len(doc["shortlist"]) == 4 and [i["rank"] for i in doc["shortlist"]] == [1, 2, 3, 4]
     scores = [i["score"] for i in doc["shortlist"]]

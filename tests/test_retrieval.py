@@ -81,7 +81,8 @@ def test_top_configs_are_best_ok_runs(index: RetrievalIndex) -> None:
     assert [c["config"]["lr"] for c in configs] == [1e-2, 1e-3]
     assert configs[0]["accuracy"] >= configs[1]["accuracy"]
     assert all(c["config"]["backbone"] == "resnet18" for c in configs)  # the failed run is never listed
-    assert set(configs[0]) == {"config", "accuracy", "cost_seconds", "run_id"}
+    assert set(configs[0]) == {"config", "accuracy", "cost_seconds", "cost_flops_estimate", "run_id"}
+    assert configs[0]["cost_flops_estimate"] is None and configs[0]["cost_seconds"] > 0
 
 
 def test_held_out_dataset_is_never_in_the_index() -> None:

@@ -37,6 +37,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from metallmix.errors import SchemaError
@@ -98,6 +99,20 @@ def meta_feature_columns(df: pd.DataFrame) -> list[str]:
 
 def config_columns(df: pd.DataFrame) -> list[str]:
     return sorted(c for c in df.columns if c.startswith(CFG_PREFIX))
+
+
+def config_set_meta_features(df: pd.DataFrame) -> list[str]:
+    """Meta-features (no prefix) equal to the numeric config column of the same name on every row: they
+    describe the run's config, not its dataset (MedMNIST+ records ``resolution``, the image side each
+    run trained at, as both)."""
+    out = []
+    for column in meta_feature_columns(df):
+        name = column[len(MF_PREFIX):]
+        setting = CFG_PREFIX + name
+        if setting in df.columns and pd.api.types.is_numeric_dtype(df[setting]) and \
+                np.array_equal(df[column].to_numpy(float), df[setting].to_numpy(float), equal_nan=True):
+            out.append(name)
+    return out
 
 
 def row_config(row: pd.Series | dict) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from metallmix.training.backbones import (
     BACKBONES,
+    TIMM_PREFIX,
     WEIGHTS,
     BackboneInfo,
     backbone_info,
     build_model,
     check_weights_available,
+    mean_std,
 )
 from metallmix.training.config import (
     AUGMENTATIONS,
@@ -27,11 +29,13 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "STRATEGIES",
+    "TIMM_PREFIX",
     "WEIGHTS",
     "BackboneInfo",
     "backbone_info",
     "build_model",
     "check_weights_available",
+    "mean_std",
     "train_run",
     "validate_config",
 ]

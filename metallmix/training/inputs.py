@@ -1,4 +1,4 @@
-"""Image preparation (resize once), batch normalisation and batched tensor augmentation."""
+"""Image preparation (resize once), batch normalisation, zero-padding and batched tensor augmentation."""
 
 from __future__ import annotations
 
@@ -84,14 +84,32 @@ def _colour_jitter(images: torch.Tensor, strength: float, generator: torch.Gener
     return out.clamp_(0.0, 1.0)
 
 
+def pad_centred(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad a (N, C, S, S) batch to (N, C, size, size), the image centred.
+
+    An odd margin puts its extra pixel on the right and bottom, as MedMNIST+'s ``transforms.Pad`` did.
+    """
+    margin = size - images.shape[-1]
+    if margin < 0:
+        raise ValueError(f"cannot pad {images.shape[-1]} px images to {size} px")
+    before = margin // 2
+    return F.pad(images, (before, margin - before, before, margin - before)) if margin else images
+
+
 def to_model_input(
     batch: torch.Tensor,
     mean_std: tuple[tuple[float, ...], tuple[float, ...]],
     device: torch.device,
     policy: AugmentPolicy | None = None,
     generator: torch.Generator | None = None,
+    pad_to: int | None = None,
 ) -> torch.Tensor:
-    """uint8 (N, C, S, S) batch -> normalised float RGB on ``device``, augmented if a policy is given."""
+    """uint8 (N, C, S, S) batch -> normalised float RGB on ``device``, augmented if a policy is given.
+
+    With ``pad_to`` the normalised images are zero-padded to pad_to x pad_to: the border is 0 after
+    normalisation (the mean colour), as in the MedMNIST+ benchmark, which fed small images to
+    224-px models that way.
+    """
     images = batch.to(device, non_blocking=True).float().div_(255.0)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
@@ -99,4 +117,5 @@ def to_model_input(
         images = augment(images, policy, generator)
     mean = torch.tensor(mean_std[0], device=device).view(1, 3, 1, 1)
     std = torch.tensor(mean_std[1], device=device).view(1, 3, 1, 1)
-    return (images - mean) / std
+    images = (images - mean) / std
+    return images if pad_to is None else pad_centred(images, pad_to)

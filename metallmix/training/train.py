@@ -1,7 +1,8 @@
 """One training run: fine-tune a backbone on an ImageDataset with one config and measure the result.
 
 ``train_run`` is a plain function of a config (no Ray inside); a Tune trainable wraps it and passes
-``report`` to stream per-epoch progress.
+``report`` to stream per-epoch progress. Strategy "knn" trains nothing: the frozen backbone embeds the
+images and each val/test image takes the majority class of its nearest training images.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -18,7 +20,7 @@ from torch import nn
 
 from metallmix.data.base import SPLITS, ImageDataset
 from metallmix.errors import ConfigError, DataError
-from metallmix.training.backbones import Classifier, build_model, get_spec
+from metallmix.training.backbones import Classifier, build_model, get_spec, mean_std
 from metallmix.training.config import validate_config
 from metallmix.training.inputs import AUGMENT_POLICIES, AugmentPolicy, prepare_images, to_model_input
 from metallmix.training.metrics import accuracy, balanced_accuracy, macro_f1
@@ -60,6 +62,9 @@ def _freeze_for_strategy(model: Classifier, strategy: str, last_stage: tuple[str
     if strategy == "full":
         return [model]
     model.features.requires_grad_(False)
+    if strategy == "knn":  # the frozen backbone only embeds; the head is never used
+        model.head.requires_grad_(False)
+        return []
     trained: list[nn.Module] = [model.head]
     if strategy == "partial":
         stages = [model.features.get_submodule(name) for name in last_stage]
@@ -104,7 +109,11 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 class _Run:
-    """The state of one training run: model, prepared data, optional frozen-feature cache."""
+    """The state of one training run: model, prepared data, optional frozen-feature cache.
+
+    Images are kept at input_size; with pad_to they are zero-padded batch by batch on their way into
+    the model, so frozen features of padded images are cached like any others.
+    """
 
     def __init__(
         self, config: dict[str, Any], dataset: ImageDataset, device: torch.device, allow_download: bool
@@ -112,19 +121,21 @@ class _Run:
         spec = get_spec(config["backbone"])
         self.config = config
         self.device = device
-        self.mean_std = spec.mean_std
+        self.mean_std = mean_std(config["backbone"])
+        self.pad_to: int | None = config.get("pad_to")
+        self.knn = config["strategy"] == "knn"
         self.model = build_model(
             config["backbone"],
             weights=config["weights"],
             n_classes=dataset.n_classes,
-            dropout=config["dropout"],
-            input_size=config["input_size"],
+            dropout=0.0 if self.knn else config["dropout"],  # a knn config has no dropout: its head is unused
+            input_size=self.pad_to or config["input_size"],
             allow_download=allow_download,
         ).to(device)
         _set_batchnorm_momentum(self.model, FINE_TUNE_BN_MOMENTUM)
         self.trained = _freeze_for_strategy(self.model, config["strategy"], spec.last_stage)
-        self.frozen = config["strategy"] == "frozen"
-        self.policy: AugmentPolicy | None = AUGMENT_POLICIES.get(config["augmentation"])
+        self.frozen = config["strategy"] in ("frozen", "knn")
+        self.policy: AugmentPolicy | None = AUGMENT_POLICIES.get(config.get("augmentation", "none"))
         self.images = {split: prepare_images(dataset.images[split], config["input_size"]) for split in SPLITS}
         self.labels = {split: torch.from_numpy(dataset.labels[split]).long() for split in SPLITS}
         # Frozen features of un-augmented images never change: compute them once per split.
@@ -138,9 +149,11 @@ class _Run:
         self, batch: torch.Tensor, policy: AugmentPolicy | None, generator: torch.Generator | None
     ) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            return self.model.features(to_model_input(batch, self.mean_std, self.device, policy, generator)).float()
+            images = to_model_input(batch, self.mean_std, self.device, policy, generator, self.pad_to)
+            return self.model.features(images).float()
 
-    def _cached_features(self, split: str) -> torch.Tensor:
+    def cached_features(self, split: str) -> torch.Tensor:
+        """Frozen-backbone features of a split's un-augmented images, computed once."""
         if split not in self.feature_cache:
             images = self.images[split]
             batches = [images[i : i + EVAL_BATCH_SIZE] for i in range(0, len(images), EVAL_BATCH_SIZE)]
@@ -150,10 +163,11 @@ class _Run:
     def train_inputs(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """What the trained part consumes for these training images: features (frozen) or images."""
         if self.frozen and self.policy is None:
-            return self._cached_features("train")[index.to(self.device)]
+            return self.cached_features("train")[index.to(self.device)]
         if self.frozen:
             return self._features(self.images["train"][index], self.policy, generator)
-        return to_model_input(self.images["train"][index], self.mean_std, self.device, self.policy, generator)
+        images = self.images["train"][index]
+        return to_model_input(images, self.mean_std, self.device, self.policy, generator, self.pad_to)
 
     def trained_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.head(inputs) if self.frozen else self.model(inputs)
@@ -167,15 +181,55 @@ class _Run:
             for start in range(0, len(labels), EVAL_BATCH_SIZE):
                 stop = start + EVAL_BATCH_SIZE
                 if self.frozen:
-                    inputs = self._cached_features(split)[start:stop]
+                    inputs = self.cached_features(split)[start:stop]
                 else:
-                    inputs = to_model_input(self.images[split][start:stop], self.mean_std, self.device)
+                    batch = self.images[split][start:stop]
+                    inputs = to_model_input(batch, self.mean_std, self.device, pad_to=self.pad_to)
                 with self.autocast():
                     logits = self.trained_forward(inputs).float()
                 target = labels[start:stop].to(self.device)
                 losses.append(F.cross_entropy(logits, target, reduction="sum").item())
                 predictions.append(logits.argmax(dim=1).cpu())
         return sum(losses) / len(labels), torch.cat(predictions).numpy()
+
+    def trained_state(self) -> list[dict[str, torch.Tensor]]:
+        """A copy of the weights and buffers of the parts that train (the frozen rest never changes)."""
+        return [{k: v.detach().clone() for k, v in module.state_dict().items()} for module in self.trained]
+
+    def load_trained_state(self, state: list[dict[str, torch.Tensor]]) -> None:
+        for module, module_state in zip(self.trained, state):
+            module.load_state_dict(module_state)
+
+
+def knn_predict(
+    support: torch.Tensor, support_labels: torch.Tensor, queries: torch.Tensor, k: int, n_classes: int
+) -> np.ndarray:
+    """The majority class of each query's k nearest support embeddings (Euclidean distance).
+
+    A tie goes to the smallest class, as with the ``scipy.stats.mode`` vote of MedMNIST+.
+    """
+    predictions = []
+    for start in range(0, len(queries), EVAL_BATCH_SIZE):
+        distances = torch.cdist(queries[start : start + EVAL_BATCH_SIZE], support)
+        nearest = distances.topk(k, dim=1, largest=False).indices
+        votes = F.one_hot(support_labels[nearest], n_classes).sum(dim=1)
+        predictions.append(votes.argmax(dim=1).cpu())  # argmax returns the first of equal maxima
+    return torch.cat(predictions).numpy()
+
+
+@dataclass
+class _Outcome:
+    """What training (or k-NN) hands to the result: the curve and the predictions of the tested weights."""
+
+    curve: list[dict[str, Any]]
+    diverged: bool
+    test_pred: np.ndarray | None  # None when diverged
+    val_accuracy: float | None  # of the tested weights (the last epoch's where diverged)
+    best_epoch: int | None  # the epoch of the lowest validation loss (None: nothing trained)
+    evaluated_epoch: int | None  # the epoch whose weights were tested (0: knn; None: diverged)
+    stopped_early: bool
+    images_trained: int
+    train_phase_seconds: float
 
 
 def train_run(
@@ -193,6 +247,10 @@ def train_run(
     Same seed, config, data and thread count on CPU give the same metrics. ``report(epoch_record)`` is
     called after every completed epoch. A run whose loss becomes NaN/inf stops and returns with
     ``diverged: True`` and null test metrics; bad configs, missing weights and OOM raise.
+
+    The test metrics are those of the last epoch's weights or, with ``early_stopping_patience``, of
+    the lowest-validation-loss epoch's (``evaluated_epoch``; ``n_epochs`` counts the epochs run). A
+    "knn" run has no epochs: ``n_epochs`` 0, an empty curve, ``evaluated_epoch`` 0.
     """
     cfg = validate_config(config)
     _check_dataset(dataset)
@@ -226,6 +284,51 @@ def _train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = _Run(cfg, dataset, device, allow_download)
+    outcome = _knn(run, dataset, cfg["knn_k"]) if run.knn else _fit(run, dataset, cfg, seed, report)
+
+    test_metrics: dict[str, float | None] = {"test_accuracy": None, "balanced_accuracy": None, "macro_f1": None}
+    if outcome.test_pred is not None:
+        y_test = dataset.labels["test"]
+        test_metrics = {
+            "test_accuracy": accuracy(y_test, outcome.test_pred),
+            "balanced_accuracy": balanced_accuracy(y_test, outcome.test_pred, dataset.n_classes),
+            "macro_f1": macro_f1(y_test, outcome.test_pred, dataset.n_classes),
+        }
+    peak_memory_mb, memory_measure = _peak_memory_mb(device)
+    curve = outcome.curve
+    counted = run.model.features if run.knn else run.model  # knn never uses the head
+    return {
+        **test_metrics,
+        "val_accuracy": outcome.val_accuracy,
+        "best_val_accuracy": max(r["val_accuracy"] for r in curve) if curve else outcome.val_accuracy,
+        "train_seconds": time.perf_counter() - start,
+        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in curve])) if curve else None,
+        "images_per_second": (
+            outcome.images_trained / outcome.train_phase_seconds if outcome.train_phase_seconds > 0 else None
+        ),
+        "peak_memory_mb": peak_memory_mb,
+        "memory_measure": memory_measure,
+        "n_parameters": sum(p.numel() for p in counted.parameters()),
+        "n_trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        "n_epochs": len(curve),
+        "curve": curve,
+        "best_epoch": outcome.best_epoch,
+        "evaluated_epoch": outcome.evaluated_epoch,
+        "stopped_early": outcome.stopped_early,
+        "device": str(device),
+        "diverged": outcome.diverged,
+        "feature_cache": run.frozen and run.policy is None,
+        "config": cfg,
+        "seed": seed,
+    }
+
+
+def _fit(
+    run: _Run, dataset: ImageDataset, cfg: dict[str, Any], seed: int, report: EpochReport | None
+) -> _Outcome:
+    """Train epoch by epoch. With early_stopping_patience, stop after that many epochs without a lower
+    validation loss and test the weights of the lowest (as MedMNIST+ did); else test the last epoch's."""
+    device = run.device
     generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation
     parameters = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(parameters, cfg)
@@ -240,10 +343,12 @@ def _train(
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] and device.type == "cuda")
+    patience: int | None = cfg.get("early_stopping_patience")
 
     curve: list[dict[str, Any]] = []
-    diverged = False
+    diverged = stopped_early = False
     train_phase_seconds, images_trained = 0.0, 0
+    best_loss, best_epoch, best_state, epochs_since_best = math.inf, None, None, 0
     for epoch in range(1, cfg["epochs"] + 1):
         epoch_start = time.perf_counter()
         _set_train_mode(run.model, run.trained)
@@ -285,33 +390,38 @@ def _train(
         curve.append(record)
         if report is not None:
             report(dict(record))
+        if val_loss < best_loss:
+            best_loss, best_epoch, epochs_since_best = val_loss, epoch, 0
+            if patience is not None:
+                best_state = run.trained_state()
+        else:
+            epochs_since_best += 1
+        if patience is not None and epochs_since_best >= patience and epoch < cfg["epochs"]:
+            stopped_early = True
+            break
 
-    test_metrics: dict[str, float | None] = {"test_accuracy": None, "balanced_accuracy": None, "macro_f1": None}
-    if not diverged:
-        _, test_pred = run.predict("test")
-        y_test = dataset.labels["test"]
-        test_metrics = {
-            "test_accuracy": accuracy(y_test, test_pred),
-            "balanced_accuracy": balanced_accuracy(y_test, test_pred, dataset.n_classes),
-            "macro_f1": macro_f1(y_test, test_pred, dataset.n_classes),
-        }
-    peak_memory_mb, memory_measure = _peak_memory_mb(device)
-    return {
-        **test_metrics,
-        "val_accuracy": curve[-1]["val_accuracy"] if curve else None,
-        "best_val_accuracy": max(r["val_accuracy"] for r in curve) if curve else None,
-        "train_seconds": time.perf_counter() - start,
-        "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in curve])) if curve else None,
-        "images_per_second": images_trained / train_phase_seconds if train_phase_seconds > 0 else None,
-        "peak_memory_mb": peak_memory_mb,
-        "memory_measure": memory_measure,
-        "n_parameters": sum(p.numel() for p in run.model.parameters()),
-        "n_trainable_parameters": sum(p.numel() for p in parameters),
-        "n_epochs": len(curve),
-        "curve": curve,
-        "device": str(device),
-        "diverged": diverged,
-        "feature_cache": run.frozen and run.policy is None,
-        "config": cfg,
-        "seed": seed,
-    }
+    if diverged:
+        last_val_accuracy = curve[-1]["val_accuracy"] if curve else None
+        return _Outcome(curve, True, None, last_val_accuracy, best_epoch, None, stopped_early,
+                        images_trained, train_phase_seconds)
+    evaluated_epoch = len(curve)
+    if patience is not None and best_epoch != evaluated_epoch:
+        run.load_trained_state(best_state)
+        evaluated_epoch = best_epoch
+    _, test_pred = run.predict("test")
+    return _Outcome(curve, False, test_pred, curve[evaluated_epoch - 1]["val_accuracy"], best_epoch,
+                    evaluated_epoch, stopped_early, images_trained, train_phase_seconds)
+
+
+def _knn(run: _Run, dataset: ImageDataset, k: int) -> _Outcome:
+    """k-NN with the frozen backbone's embeddings (cached once per split), training images as support."""
+    n_train = len(run.labels["train"])
+    if k > n_train:
+        raise DataError(f"knn_k={k} needs at least {k} training images; dataset {dataset.name!r} has {n_train}")
+    support = run.cached_features("train")
+    support_labels = run.labels["train"].to(run.device)
+    val_pred, test_pred = (
+        knn_predict(support, support_labels, run.cached_features(split), k, dataset.n_classes)
+        for split in ("val", "test")
+    )
+    return _Outcome([], False, test_pred, accuracy(dataset.labels["val"], val_pred), None, 0, False, 0, 0.0)
