@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -263,6 +264,8 @@ def _save_atomically(recommender: Any, target: Path) -> None:
 
 def format_recommendation(doc: dict[str, Any], source: str) -> str:
     """The recommendation as a readable report: pick, shortlist table, evidence, warnings."""
+    from metallmix.formatting import cost_amount
+
     md = doc["meta_dataset"]
     lines = [f"Recommendation for {source} (knowledge base {md['spec']}: {md['n_runs']} runs, {md['n_datasets']} datasets)"]
     selection = md.get("selection")
@@ -287,7 +290,7 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
         interval = f"{p['accuracy_low']:.1%}-{p['accuracy_high']:.1%}"
         lines.append(
             f"{item['rank']:>4}  {item['candidate_id']:<16.16}  {str(item['backbone'] or '-'):<30.30}  {size:>7}  "
-            f"{p['accuracy']:>8.1%}  {interval:>15}  {_cost(p['train_seconds'], p['compute_flops_estimate']):>14}  "
+            f"{p['accuracy']:>8.1%}  {interval:>15}  {cost_amount(p['train_seconds'], p['compute_flops_estimate']):>14}  "
             f"{p['p_fail']:>6.2f}  {'*' if item['pareto_optimal'] else ''}"
         )
     lines += ["", "Recommended config:"]
@@ -298,12 +301,12 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
     lines += ["", "Nearest past datasets:"]
     for hit in doc["evidence"]["neighbours"]:
         best = hit["top_configs"][0] if hit["top_configs"] else None
-        detail = f"best {best['accuracy']:.1%} ({_cost(best['cost_seconds'], best['cost_flops_estimate'])})" if best else "no ok run"
+        detail = f"best {best['accuracy']:.1%} ({cost_amount(best['cost_seconds'], best['cost_flops_estimate'])})" if best else "no ok run"
         lines.append(f"  {hit['dataset_id']:<24} distance {hit['distance']:.2f}  {detail}")
     c = doc["constraints"]
     applied = ", ".join(f"{name}={c['requested'][name]} (excludes {c['excluded_by'][name]})" for name in c["applied"]) or "none"
     lines += ["", f"Constraints: {applied}; {c['n_feasible']} of {c['n_candidates']} candidates feasible"]
-    front = ", ".join(f"{p['accuracy']:.1%} at {_cost(p['train_seconds'], p['compute_flops_estimate'])}" for p in doc["pareto_front"][:8])
+    front = ", ".join(f"{p['accuracy']:.1%} at {cost_amount(p['train_seconds'], p['compute_flops_estimate'])}" for p in doc["pareto_front"][:8])
     lines.append(f"Pareto front (accuracy vs {'estimated compute' if estimates else 'time'}, {len(doc['pareto_front'])} configs): {front}")
     used, missing = doc["meta_features"]["used"], [n for n in doc["meta_features"]["imputed"] if n in doc["meta_features"]["used"] or
                                                     n not in doc["meta_features"]["not_learned"]]
@@ -313,17 +316,7 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
-
-def _cost(seconds: float | None, flops: float | None) -> str:
-    """Measured/predicted time where there is one, else the compute estimate (labelled as such)."""
-    from metallmix.compute_cost import format_flops
-
-    if seconds is not None:
-        return _minutes(seconds)
-    return format_flops(flops)
 
 
 # ------------------------------------------------------------------- evaluate
@@ -392,8 +385,13 @@ def _budget(text: str) -> tuple[str, float]:
     lowered = text.strip().lower().replace(" ", "")
     for units, kind in ((FLOP_UNITS, "flops"), (TIME_UNITS, "minutes")):
         for unit in sorted(units, key=len, reverse=True):
-            if lowered.endswith(unit) and lowered[: -len(unit)]:
-                return kind, _positive_float(lowered[: -len(unit)]) * units[unit]
+            if lowered.endswith(unit):
+                try:
+                    amount = float(lowered[: -len(unit)])
+                except ValueError:
+                    continue
+                if amount > 0 and math.isfinite(amount):
+                    return kind, amount * units[unit]
     raise argparse.ArgumentTypeError(f"expected a time (90s, 30min, 2h) or an estimated compute (5PFLOP, 3e15FLOP), got {text!r}")
 
 

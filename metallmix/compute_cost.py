@@ -46,7 +46,6 @@ MODEL_INPUT_SIZE = 224
 EXPECTED_EPOCHS = 20
 TRAINING_PASS_FACTOR = {"end_to_end": 3.0, "linear_probing": 1.0}
 FLOP_UNIT = "FLOP"
-PFLOP = 1e15
 FORWARD_FLOPS_FILE = Path(__file__).resolve().parent / "data" / "builtin" / "medmnistplus" / "forward_flops.csv"
 ESTIMATE_NOTE = (
     f"estimate, not a measurement: forward FLOPs at {MODEL_INPUT_SIZE} px (images are zero-padded to "
@@ -130,13 +129,6 @@ def training_flops_estimates(configs: list[dict], n_train: float | None, n_val: 
     return np.array([estimate_training_flops(c["model"], c["scheme"], n_train, n_val)
                      if c.get("scheme") in SCHEMES and isinstance(c.get("model"), str) else math.nan
                      for c in configs], dtype=float)
-
-
-def format_flops(flops: float | None) -> str:
-    """'12.3 PFLOP (est.)' -- every printed compute figure says it is an estimate."""
-    if flops is None or not math.isfinite(flops):
-        return "unknown"
-    return f"{flops / PFLOP:.3g} PFLOP (est.)"
 
 
 def _finite(value: float) -> bool:

@@ -49,7 +49,7 @@ from metallmix.metadataset.schema import (
     row_meta_features,
     validate_rows,
 )
-from metallmix.metalearner import MetaLearner, config_id, within_dataset_target
+from metallmix.metalearner import MetaLearner, config_id, portfolio_scores
 
 PickFn = Callable[[pd.DataFrame, dict[str, float], pd.DataFrame], Hashable]
 """pick(train_df, meta_features, candidates) -> the index label of the chosen row of candidates.
@@ -74,6 +74,46 @@ def metalearner_pick(**params: Any) -> PickFn:
     return pick
 
 
+LEARNER_GRID: tuple[dict[str, Any], ...] = (
+    {"objective": "regression"},
+    {"objective": "rank_pairwise"},
+    {"objective": "regression", "portfolio_weight": 0.5},
+    {"objective": "rank_pairwise", "portfolio_weight": 0.5},
+    {"portfolio_weight": 1.0},
+)
+"""The meta-learner settings a nested evaluation chooses among: the default regression and a pairwise
+ranking objective, each alone and blended half-and-half with the portfolio, and the portfolio alone."""
+
+
+def select_learner(train_df: pd.DataFrame, grid: Iterable[dict[str, Any]] = LEARNER_GRID,
+                   base_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The settings of ``grid`` with the lowest mean leave-one-dataset-out regret on ``train_df`` alone
+    (ties: the earlier entry), and every entry's inner figures."""
+    trials = []
+    for params in grid:
+        merged = {**(base_params or {}), **params}
+        summary = evaluate_lodo(train_df, learner_params=merged, baselines=False)["summary"][MAIN_METHOD]
+        trials.append({"params": params, "mean_regret": summary["mean_regret"], "max_regret": summary["max_regret"]})
+    best = min(range(len(trials)), key=lambda i: (trials[i]["mean_regret"], i))
+    return {**(base_params or {}), **trials[best]["params"]}, trials
+
+
+def nested_pick(grid: Iterable[dict[str, Any]] = LEARNER_GRID, base_params: dict[str, Any] | None = None,
+                log: list[dict[str, Any]] | None = None) -> PickFn:
+    """A pick function that chooses the meta-learner's settings by an inner leave-one-dataset-out on the
+    training datasets only (``select_learner``), then fits them there and takes the top score: the
+    held-out dataset never informs the choice. Each choice is appended to ``log``."""
+    grid = list(grid)
+
+    def pick(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame) -> Hashable:
+        params, trials = select_learner(train_df, grid, base_params)
+        if log is not None:
+            log.append({"training_datasets": sorted(train_df["dataset_id"].unique()), "chosen": params, "inner": trials})
+        return MetaLearner(**params).fit(train_df).predict(meta_features, candidates)["score"].idxmax()
+
+    return pick
+
+
 def nearest_dataset_pick(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame) -> Hashable:
     """The candidate closest to the best ok config of the training dataset nearest in meta-features."""
     from metallmix.retrieval import RetrievalIndex
@@ -82,34 +122,9 @@ def nearest_dataset_pick(train_df: pd.DataFrame, meta_features: dict[str, float]
     return closest_candidate(neighbour["top_configs"][0]["config"], candidates)
 
 
-def portfolio_ranking(train_df: pd.DataFrame) -> pd.DataFrame:
-    """Configs of the training runs ranked by mean within-dataset min-max normalised accuracy.
-
-    Columns: candidate_id (``metalearner.config_id``), config (dict), mean_normalized_accuracy,
-    n_datasets; best first (ties: more datasets, then the id). A run without accuracy counts as its
-    dataset's worst.
-    """
-    runs = train_df[["dataset_id", "accuracy", *config_columns(train_df)]].copy()
-    runs["accuracy"] = runs.groupby("dataset_id")["accuracy"].transform(lambda a: a.fillna(a.min()))
-    runs = runs[runs["accuracy"].notna()]
-    if runs.empty:
-        raise DataError("no training run has an accuracy; the portfolio has nothing to rank")
-    runs["normalized"] = within_dataset_target(runs["accuracy"].to_numpy(float), runs["dataset_id"].to_numpy())
-    configs = [row_config(row) for row in runs[config_columns(runs)].to_dict("records")]
-    runs["candidate_id"] = [config_id(c) for c in configs]
-    per_dataset = runs.groupby(["candidate_id", "dataset_id"])["normalized"].max().reset_index()
-    table = per_dataset.groupby("candidate_id").agg(mean_normalized_accuracy=("normalized", "mean"),
-                                                    n_datasets=("dataset_id", "nunique"))
-    first = dict(zip(runs["candidate_id"], configs))
-    table["config"] = [first[i] for i in table.index]
-    table = table.reset_index().sort_values(["mean_normalized_accuracy", "n_datasets", "candidate_id"],
-                                            ascending=[False, False, True], kind="stable")
-    return table.reset_index(drop=True)
-
-
 def portfolio_pick(train_df: pd.DataFrame, meta_features: dict[str, float], candidates: pd.DataFrame) -> Hashable:
     """The candidate with the portfolio's best config (or the one closest to it)."""
-    best = portfolio_ranking(train_df).iloc[0]
+    best = portfolio_scores(train_df).iloc[0]
     ids = [config_id(row_config(row)) for row in candidates.to_dict("records")]
     if best["candidate_id"] in ids:
         return candidates.index[ids.index(best["candidate_id"])]

@@ -93,6 +93,11 @@ class MetaLearner:
         n_estimators, max_depth, learning_rate, subsample, colsample_bytree, min_child_weight:
             XGBoost settings shared by every model.
         log_scale: numeric config columns (without prefix) encoded as log10 (zero -> log10(1e-8)).
+        portfolio_weight: weight in [0, 1] of the portfolio in the ranking score: the score is
+            ``(1 - w) x z(score models) + w x z(portfolio)``, z-scored over the candidates of a query,
+            where the portfolio is each config's mean min-max normalised accuracy over the fitting
+            datasets (``portfolio_scores``; a config never run there counts as their mean). 0 (the
+            default) ranks by the score models alone; 1 by the portfolio alone.
         n_jobs: XGBoost threads.
         random_state: seed of every model.
     """
@@ -110,6 +115,7 @@ class MetaLearner:
         colsample_bytree: float = 0.8,
         min_child_weight: float = 1.0,
         log_scale: tuple[str, ...] = ("lr", "weight_decay"),
+        portfolio_weight: float = 0.0,
         n_jobs: int = 1,
         random_state: int = 0,
     ):
@@ -123,6 +129,7 @@ class MetaLearner:
         self.colsample_bytree = colsample_bytree
         self.min_child_weight = min_child_weight
         self.log_scale = tuple(log_scale)
+        self.portfolio_weight = portfolio_weight
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -133,7 +140,8 @@ class MetaLearner:
             "n_ensemble": self.n_ensemble, "n_estimators": self.n_estimators,
             "max_depth": self.max_depth, "learning_rate": self.learning_rate, "subsample": self.subsample,
             "colsample_bytree": self.colsample_bytree, "min_child_weight": self.min_child_weight,
-            "log_scale": list(self.log_scale), "n_jobs": self.n_jobs, "random_state": self.random_state,
+            "log_scale": list(self.log_scale), "portfolio_weight": self.portfolio_weight,
+            "n_jobs": self.n_jobs, "random_state": self.random_state,
         }
 
     def _check_params(self) -> None:
@@ -145,6 +153,8 @@ class MetaLearner:
             raise ConfigError("learning_rate, subsample and colsample_bytree must lie in (0, 1]")
         if self.fail_penalty < 0:
             raise ConfigError(f"fail_penalty must be >= 0, got {self.fail_penalty}")
+        if not 0 <= self.portfolio_weight <= 1:
+            raise ConfigError(f"portfolio_weight must lie in [0, 1], got {self.portfolio_weight}")
 
     def _xgb_params(self, objective: str, seed_offset: int = 0, **extra: Any) -> dict[str, Any]:
         return {
@@ -187,6 +197,8 @@ class MetaLearner:
         if timed.any():
             self._boosters["cost"] = xgb.train(self._xgb_params("reg:squarederror"),
                                                self._dmatrix(x[timed], np.log(seconds[timed])), rounds)
+        self.portfolio_ = (portfolio_scores(df).set_index("candidate_id")["mean_normalized_accuracy"].to_dict()
+                           if self.portfolio_weight > 0 else {})
         self.n_training_runs_ = int(len(df))
         self.n_training_datasets_ = int(df["dataset_id"].nunique())
         return self
@@ -358,6 +370,8 @@ class MetaLearner:
         p_fail = self._predict("fail", x)
         cost = np.exp(self._predict("cost", x)) if "cost" in self._boosters else np.full(len(x), np.nan)
         score = np.mean([_predict(b, x) for b in self._score_boosters], axis=0) - self.fail_penalty * p_fail
+        if self.portfolio_weight > 0:
+            score = self._with_portfolio(score, candidates)
         return pd.DataFrame(
             {
                 "score": score,
@@ -373,6 +387,14 @@ class MetaLearner:
 
     def _predict(self, model: str, x: np.ndarray) -> np.ndarray:
         return _predict(self._boosters[model], x)
+
+    def _with_portfolio(self, score: np.ndarray, candidates: pd.DataFrame) -> np.ndarray:
+        """(1 - w) z(score) + w z(portfolio) over these candidates (see ``portfolio_weight``)."""
+        known = np.array(list(self.portfolio_.values()), dtype=float)
+        ids = [config_id(row_config(row)) for row in candidates[[c for c in candidates.columns if c.startswith(CFG_PREFIX)]].to_dict("records")]
+        portfolio = np.array([self.portfolio_.get(i, known.mean()) for i in ids], dtype=float)
+        w = self.portfolio_weight
+        return (1 - w) * _z(score) + w * _z(portfolio)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "_boosters"):
@@ -399,6 +421,7 @@ class MetaLearner:
             "n_training_runs": self.n_training_runs_,
             "n_training_datasets": self.n_training_datasets_,
             "unused_meta_features": self.unused_meta_features_,
+            "portfolio": self.portfolio_,
             "xgboost_version": xgb.__version__,
         }
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -421,6 +444,7 @@ class MetaLearner:
         learner = cls(params.pop("objective"), **{**params, "log_scale": tuple(params["log_scale"])})
         learner.meta_feature_names_ = list(state["meta_feature_names"])
         learner.unused_meta_features_ = dict(state.get("unused_meta_features", {}))
+        learner.portfolio_ = {k: float(v) for k, v in state.get("portfolio", {}).items()}
         learner.numeric_columns_ = list(state["numeric_columns"])
         learner.categories_ = {k: list(v) for k, v in state["categories"].items()}
         learner._build_feature_names()
@@ -492,6 +516,35 @@ def candidate_configs(df: pd.DataFrame) -> pd.DataFrame:
 def config_id(config: dict[str, Any]) -> str:
     """Stable id of a config dict (keys without prefix): sha256 of its canonical JSON, 16 hex digits."""
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def portfolio_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Configs of a meta-dataset ranked by mean within-dataset min-max normalised accuracy.
+
+    Columns: candidate_id (``config_id``), config (dict), mean_normalized_accuracy, n_datasets; best
+    first (ties: more datasets, then the id). A run without accuracy counts as its dataset's worst.
+    """
+    runs = df[["dataset_id", "accuracy", *config_columns(df)]].copy()
+    runs["accuracy"] = runs.groupby("dataset_id")["accuracy"].transform(lambda a: a.fillna(a.min()))
+    runs = runs[runs["accuracy"].notna()]
+    if runs.empty:
+        raise SchemaError("no run has an accuracy; the portfolio has nothing to rank")
+    runs["normalized"] = within_dataset_target(runs["accuracy"].to_numpy(float), runs["dataset_id"].to_numpy())
+    configs = [row_config(row) for row in runs[config_columns(runs)].to_dict("records")]
+    runs["candidate_id"] = [config_id(c) for c in configs]
+    per_dataset = runs.groupby(["candidate_id", "dataset_id"])["normalized"].max().reset_index()
+    table = per_dataset.groupby("candidate_id").agg(mean_normalized_accuracy=("normalized", "mean"),
+                                                    n_datasets=("dataset_id", "nunique"))
+    first = dict(zip(runs["candidate_id"], configs))
+    table["config"] = [first[i] for i in table.index]
+    table = table.reset_index().sort_values(["mean_normalized_accuracy", "n_datasets", "candidate_id"],
+                                            ascending=[False, False, True], kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _z(values: np.ndarray) -> np.ndarray:
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
 def _predict(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:

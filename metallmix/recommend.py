@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 import metallmix
-from metallmix.compute_cost import flops_per_image, format_flops
+from metallmix.compute_cost import flops_per_image
+from metallmix.formatting import cost_text
 from metallmix.data.descriptors import descriptor_features, modality_family, parse_modality, parse_task
 from metallmix.errors import ConfigError, DataError, SchemaError
 from metallmix.explain import LOG10_SUFFIX, ShapExplainer
@@ -828,15 +829,6 @@ def content_hash(df: pd.DataFrame) -> str:
     return digest.hexdigest()[:24]
 
 
-def cost_text(predicted: dict[str, Any]) -> str:
-    """'training about 12 min', or 'training compute about 3.1 PFLOP (est.)' where only an estimate exists."""
-    if predicted.get("train_seconds") is not None:
-        return f"training about {_duration(predicted['train_seconds'])}"
-    if predicted.get("compute_flops_estimate") is not None:
-        return f"training compute about {format_flops(predicted['compute_flops_estimate'])}"
-    return "training cost unknown"
-
-
 def template_explanation(document: dict[str, Any]) -> str:
     """A short readable justification built from the document's own evidence (no LLM)."""
     pred = document["predicted"]
@@ -993,11 +985,3 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_recommend import QUERY, make_test_meta_dataset
 
-from metallmix.cli import _budget, _param_count, main
+from metallmix.cli import _param_count, main
 from metallmix.recommend import FORMAT_VERSION
 from metallmix.schemas import validate
 

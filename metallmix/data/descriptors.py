@@ -25,7 +25,7 @@ MODALITY_FAMILIES: dict[str, tuple[str, ...]] = {
     "mri": ("mri", "mr", "magnetic resonance"),
     "ultrasound": ("ultrasound", "sonograph*", "echocardiogra*"),
     "oct": ("oct", "optical coherence tomography"),
-    "photography": ("fundus", "dermatoscop*", "dermoscop*", "photograph*", "endoscop*", "colonoscop*"),
+    "photography": ("fundus", "dermatoscop*", "dermoscop*", "clinical photograph*", "endoscop*", "colonoscop*"),
     "microscopy": ("microscop*", "patholog*", "histolog*", "histopatholog*", "cytolog*", "cell", "cells"),
 }
 TASK_TYPES = ("binary", "multi_class", "multi_label", "ordinal")
@@ -54,7 +54,7 @@ def modality_family(text: str | None) -> str | None:
     for family, keywords in MODALITY_FAMILIES.items():
         for keyword in keywords:
             if " " in keyword:
-                if keyword in lowered:
+                if re.search(r"\b" + re.escape(keyword.rstrip("*")), lowered):
                     return family
             elif keyword.endswith("*"):
                 if any(word.startswith(keyword[:-1]) for word in words):

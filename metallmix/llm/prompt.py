@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metallmix.errors import ConfigError
+from metallmix.formatting import cost_amount, cost_text
 
 BACKBONE_KEYS = ("backbone", "model", "arch")
 DESCRIPTION_FENCE = ("<<<", ">>>")
@@ -182,7 +183,8 @@ def render_evidence(document: dict[str, Any], options: PromptOptions) -> tuple[s
             labels.append(label)
             mf = ", ".join(f"{k}={_fmt(v)}" for k, v in list((hit.get("meta_features") or {}).items())[:5])
             runs = "; ".join(
-                f"{_settings_text(run['config'], keys)} reached {_pct(run['accuracy'])} in {duration(run['cost_seconds'])}"
+                f"{_settings_text(run['config'], keys)} reached {_pct(run['accuracy'])} "
+                f"({cost_amount(run.get('cost_seconds'), run.get('cost_flops_estimate'))})"
                 for run in (hit.get("top_configs") or [])[: options.neighbour_configs]
             )
             lines.append(f"[{label}] {hit['dataset_id']} (distance {hit['distance']:.2f}; {mf}): {runs or 'no finished run'}")
@@ -193,7 +195,7 @@ def prediction_text(predicted: dict[str, Any]) -> str:
     """Predicted accuracy +- std (range), time and failure risk, as the prompt shows them."""
     return (f"predicted accuracy {_pct(predicted['accuracy'])} +- {predicted['accuracy_std'] * 100:.1f} "
             f"(range {_pct(predicted['accuracy_low'])} to {_pct(predicted['accuracy_high'])}), "
-            f"training {duration(predicted['train_seconds'])}, failure risk {predicted['p_fail'] * 100:.0f}%")
+            f"{cost_text(predicted)}, failure risk {predicted['p_fail'] * 100:.0f}%")
 
 
 def shown_settings(shortlist: list[dict[str, Any]], global_importance: list[dict[str, Any]], limit: int) -> list[str]:
@@ -220,16 +222,6 @@ def clean_description(text: str, max_chars: int) -> str:
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + " [cut]"
     return text
-
-
-def duration(seconds: float) -> str:
-    """Seconds as a short readable duration."""
-    seconds = float(seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _settings_text(config: dict[str, Any], keys: list[str]) -> str:
