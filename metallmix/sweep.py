@@ -375,15 +375,15 @@ def _recorder_callback(store: MetaDatasetStore, plan: SweepPlan, space_name: str
             configs = [t.config for t in plan.trials]
             keys = sorted({k for c in configs for k in c})
             # Show what tells runs apart: the backbone (a translated space's model) and every
-            # hyperparameter the plan varies.
-            lead = [k for k in ("backbone", "model") if k in keys] or ["backbone"]
+            # hyperparameter the plan varies (among the configs that have it).
+            lead = [k for k in ("backbone", "model") if k in keys]
             self.shown = lead + [k for k in keys if k not in lead
-                                 and len({canonical_json(c.get(k)) for c in configs}) > 1]
+                                 and len({canonical_json(c[k]) for c in configs if k in c}) > 1]
 
         def _progress(self, row: dict[str, Any]) -> None:
             self.recorded += 1
             config = row_config(row)
-            cfg = " ".join(f"{k}={config.get(k)}" for k in self.shown)
+            cfg = " ".join(f"{k}={config[k]}" for k in self.shown if k in config)
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
             secs = "-" if row["cost_seconds"] is None else f"{row['cost_seconds']:.1f}s"
             elapsed = time.monotonic() - self.started

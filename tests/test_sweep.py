@@ -12,6 +12,7 @@ import yaml
 
 from metallmix.errors import ConfigError, DataError
 from metallmix.metadataset import MetaDatasetStore, load_meta_dataset
+from metallmix.metadataset.schema import run_key
 from metallmix.sweep import expand_space, prepare_datasets, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,3 +120,12 @@ def test_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, how):
     for name, content in before.items():  # rows recorded before the interruption are untouched
         assert (runs.runs_dir / name).read_bytes() == content
     assert "already recorded" in resumed.stdout
+
+
+@pytest.mark.parametrize("name", ["default", "medium"])
+def test_shipped_stores_keep_their_run_ids(name):
+    """Resuming a shipped sweep needs the same run ids: its space must still expand to the configs it recorded."""
+    df = load_meta_dataset(REPO / "sweeps" / name / "metadataset.parquet")
+    configs = expand_space(yaml.safe_load((REPO / "conf" / "space" / f"{name}.yaml").read_text()))
+    keys = {run_key(ds, config, seed) for ds in set(df["dataset_id"]) for config in configs for seed in set(df["seed"])}
+    assert len(df) > 0 and set(df["run_id"]) <= keys

@@ -3,9 +3,10 @@
 ``conf/space/medmnistplus.yaml`` names this module as its ``translation`` (the protocol
 :class:`metallmix.sweep.SpaceTranslation`). A point is written as the importer writes a MedMNIST+ row's
 config: ``model`` (the benchmark's timm name), ``scheme`` (end_to_end | linear_probing | knn) and
-``resolution``, completed by the settings the benchmark shared (:data:`~metallmix.metadataset.medmnistplus.
-FIXED_SETTINGS`, or ``KNN_SETTINGS`` for k-NN). So a row recorded by the sweep carries exactly the cfg_
-columns and values of the imported rows for the same point, and the two compare.
+``resolution``, completed by the settings the benchmark shared (``FIXED_SETTINGS`` of
+:mod:`metallmix.metadataset.medmnistplus`, or ``KNN_SETTINGS`` for k-NN; a point may override them).
+So a row recorded by the sweep carries exactly the cfg_ columns and values of the imported rows for the
+same point, and the two compare.
 
 A point runs as a metallmix training config: the model's backbone (``timm/<model>``; AlexNet is
 torchvision's), strategy full / frozen / knn, the dataset's images resized to ``resolution`` and

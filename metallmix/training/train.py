@@ -418,6 +418,7 @@ def _knn(run: _Run, dataset: ImageDataset, k: int) -> _Outcome:
     n_train = len(run.labels["train"])
     if k > n_train:
         raise DataError(f"knn_k={k} needs at least {k} training images; dataset {dataset.name!r} has {n_train}")
+    run.model.eval()  # fixed BatchNorm statistics, no dropout: embeddings of the pretrained backbone
     support = run.cached_features("train")
     support_labels = run.labels["train"].to(run.device)
     val_pred, test_pred = (
