@@ -31,7 +31,7 @@ from metallmix.errors import ConfigError, MetallmixError
 from metallmix.metadataset.store import DEFAULT_META_DATASET
 
 EXIT_USAGE = 2
-PROTOCOLS = ("leave-one-dataset-out",)
+PROTOCOLS = ("leave-one-dataset-out", "nested-leave-one-dataset-out")
 CACHE_ENV = "METALLMIX_CACHE_DIR"
 PARAM_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 TIME_UNITS = {"s": 1 / 60, "sec": 1 / 60, "min": 1.0, "m": 1.0, "h": 60.0}
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a saved Recommender; if DIR holds none, fit one on --meta-dataset and save it there")
     rec.add_argument("--cache-dir", metavar="DIR", help=f"cache of fitted recommenders (default ${CACHE_ENV} or ~/.cache/metallmix)")
     rec.add_argument("--shap-summary", metavar="PNG", help="also write a SHAP summary plot of the accuracy model")
+    rec.add_argument("--shap-waterfall", metavar="PNG", help="also write a SHAP waterfall plot of the pick's predicted accuracy")
     rec.add_argument("--llm", default="none", metavar="MODEL_OR_none",
                      help="let an LLM pick from the shortlist and justify it: a conf/llm name (smollm2, "
                           "qwen2_5_coder_1_5b, ...), a model folder, an OpenAI-compatible http(s)://.../v1 URL, "
@@ -96,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="replay zero-shot picks on a recorded meta-dataset")
     ev.add_argument("--meta-dataset", metavar="SPEC", required=True)
-    ev.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0])
-    ev.add_argument("--objective", default="regression", help="the meta-learner's ranking objective (see metallmix.metalearner.OBJECTIVES)")
+    ev.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                    help="leave-one-dataset-out: the recommender's own settings for this knowledge base; "
+                         "nested-leave-one-dataset-out: the settings chosen for each held-out dataset by an inner "
+                         "leave-one-dataset-out on the other datasets only (metallmix.evaluate.LEARNER_GRID; slow)")
+    ev.add_argument("--objective", help="override the meta-learner's ranking objective (see metallmix.metalearner.OBJECTIVES)")
     ev.add_argument("--datasets", type=_name_list, metavar="A,B", help="held-out datasets to evaluate (default: all)")
     ev.add_argument("--no-baselines", action="store_true", help="skip the random-k, plain-surrogate and nearest-dataset baselines")
     ev.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
@@ -153,10 +157,12 @@ def run_recommend(args: argparse.Namespace) -> int:
     if recommender is not None:
         document["meta_dataset"]["selection"] = _selection_report(selection, document, recommender)
     validate_recommendation(document)
+    if (args.shap_summary or args.shap_waterfall) and recommender is None:
+        raise ConfigError("--shap-summary and --shap-waterfall need the recommender in this process; drop --server")
     if args.shap_summary:
-        if recommender is None:
-            raise ConfigError("--shap-summary needs the recommender in this process; drop --server")
         recommender.explainer_.save_summary_plot(args.shap_summary)
+    if args.shap_waterfall:
+        recommender.save_waterfall_plot(document, args.shap_waterfall)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -165,8 +171,9 @@ def run_recommend(args: argparse.Namespace) -> int:
             print(f"\nJudge scores: {json.dumps(document['judge'].get('scores'))}")
         if document.get("llm", {}).get("fallback"):
             print(f"LLM fallback: {document['llm'].get('fallback_reason')} (the meta-learner's top candidate is kept)")
-        if args.shap_summary:
-            print(f"SHAP summary plot: {args.shap_summary}")
+        for label, path in (("SHAP summary plot", args.shap_summary), ("SHAP waterfall of the pick", args.shap_waterfall)):
+            if path:
+                print(f"{label}: {path}")
     return 0
 
 
@@ -295,6 +302,9 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
         )
     lines += ["", "Recommended config:"]
     lines += [f"  {key} = {value}" for key, value in sorted(doc["config"].items())]
+    lines += ["", "Against the runners-up (SHAP gap of predicted accuracy, split over the settings that differ):"]
+    for contrast in doc["evidence"]["contrast"]:
+        lines.append(f"  vs #{contrast['rival_rank']} {contrast['rival_backbone'] or contrast['rival_id']}: {contrast['text']}")
     lines += ["", "SHAP evidence (accuracy points):"]
     for explanation in doc["evidence"]["shap"]:
         lines.append(f"  {explanation['candidate_id']}: {explanation['text']}")
@@ -321,18 +331,29 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
 
 # ------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
-    from metallmix.evaluate import evaluate_lodo, format_table
+    from metallmix.evaluate import evaluate_lodo, format_table, nested_pick
     from metallmix.metadataset import load_meta_dataset
+    from metallmix.metalearner import default_params
 
     df = load_meta_dataset(args.meta_dataset)
+    params = {**default_params(df), **({"objective": args.objective} if args.objective else {})}
+    choices: list[dict[str, Any]] = []
+    nested = args.protocol == "nested-leave-one-dataset-out"
     result = evaluate_lodo(
         df,
+        pick=nested_pick(log=choices) if nested else None,
+        method="nested" if nested else "metalearner",
         baselines=not args.no_baselines,
         datasets=args.datasets,
-        learner_params={"objective": args.objective},
+        learner_params=params,
     )
-    print(f"Leave-one-dataset-out normalised regret on {args.meta_dataset} (0 = best config of the dataset, 1 = worst)")
+    if nested:
+        result["nested_choices"] = choices
+    print(f"{'Nested l' if nested else 'L'}eave-one-dataset-out normalised regret on {args.meta_dataset} "
+          "(0 = best config of the dataset, 1 = worst)")
     print(format_table(result))
+    for entry, choice in zip(result["datasets"], choices):
+        print(f"  {entry['dataset']}: settings chosen on the other datasets: {choice['chosen']}")
     if args.json:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,10 @@ accuracy counts as d's worst). Baselines on the same table:
   else the meta-learner's predicted training time. Its entry also gives the best regret any
   configuration within that budget reaches (``oracle_regret``).
 
+Where the meta-learner is fitted (the default pick, or any pick with baselines), each entry also
+reports how its 80% interval did on the held-out dataset's runs (``interval``: coverage, the share of
+runs whose recorded accuracy lies inside, and the median width), and the summary pools them.
+
 Every entry names its pick by ``picked_config_id`` (the run's id in the knowledge base) and
 ``picked_config`` (the config with the knowledge base's own names and values).
 """
@@ -49,7 +53,7 @@ from metallmix.metadataset.schema import (
     row_meta_features,
     validate_rows,
 )
-from metallmix.metalearner import MetaLearner, config_id, portfolio_scores
+from metallmix.metalearner import INTERVAL_COVERAGE, MetaLearner, config_id, portfolio_scores
 
 PickFn = Callable[[pd.DataFrame, dict[str, float], pd.DataFrame], Hashable]
 """pick(train_df, meta_features, candidates) -> the index label of the chosen row of candidates.
@@ -92,7 +96,7 @@ def select_learner(train_df: pd.DataFrame, grid: Iterable[dict[str, Any]] = LEAR
     trials = []
     for params in grid:
         merged = {**(base_params or {}), **params}
-        summary = evaluate_lodo(train_df, learner_params=merged, baselines=False)["summary"][MAIN_METHOD]
+        summary = evaluate_lodo(train_df, learner_params=merged, baselines=False, intervals=False)["summary"][MAIN_METHOD]
         trials.append({"params": params, "mean_regret": summary["mean_regret"], "max_regret": summary["max_regret"]})
     best = min(range(len(trials)), key=lambda i: (trials[i]["mean_regret"], i))
     return {**(base_params or {}), **trials[best]["params"]}, trials
@@ -209,6 +213,7 @@ def evaluate_lodo(
     random_ks: Iterable[int] = DEFAULT_RANDOM_KS,
     datasets: Iterable[str] | None = None,
     learner_params: dict[str, Any] | None = None,
+    intervals: bool = True,
 ) -> dict[str, Any]:
     """Leave each dataset out in turn, pick a config for it, and score the pick (module docstring).
 
@@ -224,6 +229,8 @@ def evaluate_lodo(
             other dataset of ``df``.
         learner_params: MetaLearner settings of the default pick, of the cost-aware pick and of the
             plain surrogate (its ``objective`` is replaced by "plain" there).
+        intervals: also report the meta-learner's interval coverage; False fits only what ranks
+            (``MetaLearner(ranking_only=True)``), the fast form for model-selection loops.
 
     Returns a JSON-serialisable {"methods", "datasets": [per-dataset entries], "summary": {method: stats}}.
     """
@@ -254,7 +261,8 @@ def evaluate_lodo(
         best, worst = float(accuracy.max()), float(accuracy.min())
         meta_features = row_meta_features(held_out.iloc[0])
         candidates = runs[config_columns(held_out)]
-        learner = MetaLearner(**params).fit(train_df) if pick is None or baselines else None
+        learner = (MetaLearner(**params, ranking_only=not intervals).fit(train_df)
+                   if pick is None or baselines else None)
         scores = learner.predict(meta_features, candidates) if learner is not None else None
 
         def result_of(name: str, chosen: Hashable) -> dict[str, Any]:
@@ -279,6 +287,8 @@ def evaluate_lodo(
             entry[name] = result_of(name, pick_fn(train_df, meta_features, candidates.copy()))
         for k in ks:
             entry[f"random_{k}"] = {"normalized_regret": expected_random_regret(accuracy.to_numpy(), k)}
+        if scores is not None and intervals:
+            entry["interval"] = _interval_quality(scores, runs["accuracy"])
         if baselines:
             cost = _candidate_costs(runs, meta_features, scores)
             entry["cost_aware"] = _cost_aware_result(entry, cost, scores["score"], accuracy, result_of)
@@ -286,7 +296,31 @@ def evaluate_lodo(
 
     methods = [method] + ([f"random_{k}" for k in ks] + ["portfolio", "plain_surrogate", "nearest_dataset", "cost_aware"]
                           if baselines else [])
-    return {"methods": methods, "datasets": entries, "summary": {m: _summary(entries, m, method) for m in methods}}
+    summary = {m: _summary(entries, m, method) for m in methods}
+    if all("interval" in e for e in entries):
+        summary["interval"] = _pooled_interval_quality(entries)
+    return {"methods": methods, "datasets": entries, "summary": summary}
+
+
+def _interval_quality(scores: pd.DataFrame, accuracy: pd.Series) -> dict[str, Any]:
+    """Coverage and median width of the predicted 80% intervals over a held-out dataset's runs."""
+    known = accuracy.notna().to_numpy()
+    low, high = scores["pred_accuracy_low"].to_numpy()[known], scores["pred_accuracy_high"].to_numpy()[known]
+    values = accuracy.to_numpy(dtype=float)[known]
+    inside = (low <= values) & (values <= high)
+    return {"n_runs": int(known.sum()), "n_inside": int(inside.sum()),
+            "coverage": float(inside.mean()) if known.any() else None,
+            "median_width": float(np.median(high - low)) if known.any() else None}
+
+
+def _pooled_interval_quality(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Coverage over every held-out run, its spread over datasets, and the median of the datasets' widths."""
+    per_dataset = [e["interval"] for e in entries if e["interval"]["n_runs"]]
+    runs = sum(q["n_runs"] for q in per_dataset)
+    coverages = [q["coverage"] for q in per_dataset]
+    return {"target": INTERVAL_COVERAGE, "coverage": sum(q["n_inside"] for q in per_dataset) / runs if runs else None,
+            "min_dataset_coverage": min(coverages, default=None), "max_dataset_coverage": max(coverages, default=None),
+            "median_width": float(np.median([q["median_width"] for q in per_dataset])) if per_dataset else None}
 
 
 def _candidate_costs(runs: pd.DataFrame, meta_features: dict[str, float], scores: pd.DataFrame) -> dict[str, Any]:
@@ -375,12 +409,17 @@ def format_table(result: dict[str, Any]) -> str:
                      + " ".join(_cell(r, width) for r in regrets) + flag)
     lines.append("-" * len(header))
     stats = ["mean_regret", "median_regret", "max_regret", f"n_over_{REGRET_THRESHOLD}"]
+    interval = result["summary"].get("interval")
     if any("median_cost_ratio_to_portfolio" in result["summary"][m] for m in methods):
         stats.append("median_cost_ratio_to_portfolio")
     for stat in stats:
         values = [result["summary"][m].get(stat) for m in methods]
         label = {"median_cost_ratio_to_portfolio": "cost/portfolio"}.get(stat, stat.replace("_regret", ""))
         lines.append(f"{label:<15} " + " ".join(_cell(v, width) for v in values))
+    if interval and interval["coverage"] is not None:
+        lines.append(f"80% interval of the {main}: covers {interval['coverage']:.1%} of the held-out runs "
+                     f"(datasets {interval['min_dataset_coverage']:.0%}-{interval['max_dataset_coverage']:.0%}), "
+                     f"median width {interval['median_width'] * 100:.1f} accuracy points")
     return "\n".join(lines)
 
 

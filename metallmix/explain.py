@@ -6,6 +6,11 @@ for every row ``sum(shap values) == model output - expected value`` (SHAP's loca
 importance is the mean |SHAP value| over a background sample of the fitting data, which is also what
 ``save_summary_plot`` draws.
 
+``contrast`` answers "why this config rather than that one" for two configs on the same dataset: the
+difference of their SHAP values, summed per config setting (the one-hot columns of a setting count as
+one), puts the predicted gap on the settings in which they differ; the meta-features, equal for both,
+add only what their interactions with those settings move ("dataset context").
+
 Attributions are in the units of the model's output; ``points_per_unit`` converts them to accuracy
 points (100 when the model predicts accuracy as a fraction in [0, 1]).
 """
@@ -186,6 +191,51 @@ class ShapExplainer:
             parts.append(f"{item['display']} {item['direction']} {what} by {abs(item['points']):.1f} points")
         return ("; ".join(parts) + ".") if parts else "no feature moves the prediction."
 
+    def contrast(self, rows: pd.DataFrame, groups: dict[str, str], configs: tuple[dict[str, Any], dict[str, Any]],
+                 top_n: int = 4) -> dict[str, Any]:
+        """Why the first of two rows (one dataset, two configs) is predicted above or below the second.
+
+        Args:
+            rows: the model's input for the two configs (first: the pick, second: its rival).
+            groups: feature name -> the meta-dataset column it encodes (``MetaLearner.feature_groups``).
+            configs: the two configs (keys without prefix), to name the settings that differ.
+
+        Returns {gap_points, settings: [{setting, pick, rival, points}] (settings that differ, largest
+        |points| first, at most ``top_n``), other_settings_points, dataset_context_points, text}; the
+        parts sum to the gap.
+        """
+        values = self.shap_values(rows)
+        difference = (values[0] - values[1]) * self.points_per_unit
+        by_column: dict[str, float] = {}
+        for name, points in zip(self.feature_names, difference):
+            column = groups.get(name, name)
+            by_column[column] = by_column.get(column, 0.0) + float(points)
+        pick, rival = configs
+        settings, other, context = [], 0.0, 0.0
+        for column, points in by_column.items():
+            if column.startswith(MF_PREFIX):
+                context += points
+                continue
+            key = readable_feature(column)
+            if column.startswith(CFG_PREFIX) and pick.get(key) != rival.get(key):
+                settings.append({"setting": key, "pick": _json_value(pick.get(key)), "rival": _json_value(rival.get(key)),
+                                 "points": points})
+            else:
+                other += points
+        settings.sort(key=lambda item: -abs(item["points"]))
+        other += sum(item["points"] for item in settings[top_n:])
+        settings = settings[:top_n]
+        gap = float(difference.sum())
+        parts = [f"{s['setting']} {_format_value(s['pick'])} instead of {_format_value(s['rival'])}: {s['points']:+.1f} points"
+                 for s in settings]
+        if abs(context) >= 0.05:
+            parts.append(f"this dataset's meta-features, through their interplay with those settings: {context:+.1f} points")
+        if abs(other) >= 0.05:
+            parts.append(f"the settings they share, through their interplay: {other:+.1f} points")
+        text = "; ".join(parts) + f" (predicted gap {gap:+.1f} points)" if parts else f"predicted gap {gap:+.1f} points"
+        return {"gap_points": gap, "settings": settings, "other_settings_points": other,
+                "dataset_context_points": context, "text": text}
+
     def global_importance(self) -> list[dict[str, Any]]:
         """Mean |SHAP| over the background, in accuracy points, most important first (computed once)."""
         if self._global_importance is None:
@@ -226,6 +276,27 @@ class ShapExplainer:
         figure = plt.gcf()
         figure.axes[0].set_xlabel("SHAP value (accuracy points)")
         figure.axes[0].set_title(f"Accuracy model: SHAP over {len(self.background)} fitting runs")
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        return path
+
+    def save_waterfall_plot(self, row: pd.DataFrame, path: str | Path, title: str = "", max_display: int = 12) -> Path:
+        """Write a SHAP waterfall plot of one row's prediction (accuracy points) as a PNG; returns the path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = self.shap_values(row)[0] * self.points_per_unit
+        explanation = shap.Explanation(values=values, base_values=self.expected_value * self.points_per_unit,
+                                       data=row[self.feature_names].to_numpy(dtype=float)[0],
+                                       feature_names=[readable_feature(c) for c in self.feature_names])
+        plt.figure()
+        shap.plots.waterfall(explanation, max_display=max_display, show=False)
+        figure = plt.gcf()
+        figure.suptitle(title or "Predicted accuracy (points): SHAP waterfall", fontsize=10)
         figure.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(figure)
         return path

@@ -11,8 +11,12 @@ It fits five kinds of boosted trees on a meta-dataset (one row per run, every st
   ``n_ensemble`` of them, differing only in their random seed; the score is their mean;
 - the **failure model**: probability that a run does not finish (status failed or truncated); the
   ranking score is ``mean score model output - fail_penalty * p_fail``;
-- the **interval model**: 10% and 90% quantiles of accuracy (``reg:quantileerror``); where runs of
-  similar configs often fail, the 10% quantile sits near chance accuracy;
+- the **interval model**: 10% and 90% quantiles of accuracy (``reg:quantileerror``), widened to
+  hold 80% of the runs of datasets it has not seen: conformalised quantile regression (Romano et al.,
+  2019) across datasets. Each fitting dataset is left out in turn, the quantile model fitted on the
+  others scores its runs by ``max(low - accuracy, accuracy - high)``, and the 80% quantile of those
+  scores (``interval_correction_``, accuracy units) widens every interval on both sides (a negative one
+  narrows it). Without two datasets there is nothing to calibrate on and the correction is 0;
 - the **cost model**: regression of log seconds of complete (ok) runs.
 
 Defaults come from leave-one-dataset-out runs on the Quick-Tune data (benchmarks/recommender_regret.py,
@@ -78,6 +82,7 @@ FORMAT_VERSION = 1
 NDCG_LEVELS = 10
 LOG_FLOOR = 1e-8
 INTERVAL_QUANTILES = (0.1, 0.9)
+INTERVAL_COVERAGE = INTERVAL_QUANTILES[1] - INTERVAL_QUANTILES[0]
 MAX_MISSING_DATASET_SHARE = 0.5
 _Z_INTERVAL = 1.2815515655446004  # standard normal 90% quantile: (q90 - q10) / (2 z) estimates a std
 _FORBIDDEN_NAME_CHARS = {"[": "(", "]": ")", "<": "lt"}
@@ -98,6 +103,9 @@ class MetaLearner:
             where the portfolio is each config's mean min-max normalised accuracy over the fitting
             datasets (``portfolio_scores``; a config never run there counts as their mean). 0 (the
             default) ranks by the score models alone; 1 by the portfolio alone.
+        ranking_only: fit only what ranks candidates (the score models, the failure model when
+            ``fail_penalty`` > 0, no score model at all when ``portfolio_weight`` is 1): the fast
+            form for model-selection loops; ``predict`` then gives NaN accuracy, interval and cost.
         n_jobs: XGBoost threads.
         random_state: seed of every model.
     """
@@ -116,6 +124,7 @@ class MetaLearner:
         min_child_weight: float = 1.0,
         log_scale: tuple[str, ...] = ("lr", "weight_decay"),
         portfolio_weight: float = 0.0,
+        ranking_only: bool = False,
         n_jobs: int = 1,
         random_state: int = 0,
     ):
@@ -130,6 +139,7 @@ class MetaLearner:
         self.min_child_weight = min_child_weight
         self.log_scale = tuple(log_scale)
         self.portfolio_weight = portfolio_weight
+        self.ranking_only = ranking_only
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -141,7 +151,7 @@ class MetaLearner:
             "max_depth": self.max_depth, "learning_rate": self.learning_rate, "subsample": self.subsample,
             "colsample_bytree": self.colsample_bytree, "min_child_weight": self.min_child_weight,
             "log_scale": list(self.log_scale), "portfolio_weight": self.portfolio_weight,
-            "n_jobs": self.n_jobs, "random_state": self.random_state,
+            "ranking_only": self.ranking_only, "n_jobs": self.n_jobs, "random_state": self.random_state,
         }
 
     def _check_params(self) -> None:
@@ -181,27 +191,49 @@ class MetaLearner:
         ok = (df["status"] == STATUS_OK).to_numpy()
         rounds = self.n_estimators
 
-        self._boosters = {
-            "accuracy": xgb.train(self._xgb_params("reg:squarederror"),
-                                  self._dmatrix(x[has_accuracy], accuracy[has_accuracy]), rounds),
-            "interval": xgb.train(self._xgb_params("reg:quantileerror", quantile_alpha=list(INTERVAL_QUANTILES)),
-                                  self._dmatrix(x[has_accuracy], accuracy[has_accuracy]), rounds),
-            "fail": xgb.train(self._xgb_params("binary:logistic"), self._dmatrix(x, (~ok).astype(np.float32)), rounds),
-        }
+        self._boosters = {}
+        if not self.ranking_only or self.fail_penalty > 0:
+            self._boosters["fail"] = xgb.train(self._xgb_params("binary:logistic"), self._dmatrix(x, (~ok).astype(np.float32)), rounds)
+        learned_scores = not self.ranking_only or self.portfolio_weight < 1
         self._score_boosters = [self._fit_score_model(df, x, accuracy, has_accuracy, ok, seed_offset=i)
-                                for i in range(self.n_ensemble)]
-        seconds = df["cost_seconds"].to_numpy(dtype=np.float64)
-        timed = np.isfinite(seconds) & (seconds > 0) & ok
-        if not timed.any():
-            timed = np.isfinite(seconds) & (seconds > 0)
-        if timed.any():
-            self._boosters["cost"] = xgb.train(self._xgb_params("reg:squarederror"),
-                                               self._dmatrix(x[timed], np.log(seconds[timed])), rounds)
+                                for i in range(self.n_ensemble if learned_scores else 0)]
+        self.interval_correction_ = 0.0
+        if not self.ranking_only:
+            self._boosters["accuracy"] = xgb.train(self._xgb_params("reg:squarederror"),
+                                                   self._dmatrix(x[has_accuracy], accuracy[has_accuracy]), rounds)
+            self._boosters["interval"] = self._fit_interval_model(x[has_accuracy], accuracy[has_accuracy])
+            self.interval_correction_ = self._interval_correction(
+                x[has_accuracy], accuracy[has_accuracy], df["dataset_id"].to_numpy()[has_accuracy])
+            seconds = df["cost_seconds"].to_numpy(dtype=np.float64)
+            timed = np.isfinite(seconds) & (seconds > 0) & ok
+            if not timed.any():
+                timed = np.isfinite(seconds) & (seconds > 0)
+            if timed.any():
+                self._boosters["cost"] = xgb.train(self._xgb_params("reg:squarederror"),
+                                                   self._dmatrix(x[timed], np.log(seconds[timed])), rounds)
         self.portfolio_ = (portfolio_scores(df).set_index("candidate_id")["mean_normalized_accuracy"].to_dict()
                            if self.portfolio_weight > 0 else {})
         self.n_training_runs_ = int(len(df))
         self.n_training_datasets_ = int(df["dataset_id"].nunique())
         return self
+
+    def _fit_interval_model(self, x: np.ndarray, accuracy: np.ndarray) -> xgb.Booster:
+        return xgb.train(self._xgb_params("reg:quantileerror", quantile_alpha=list(INTERVAL_QUANTILES)),
+                         self._dmatrix(x, accuracy), self.n_estimators)
+
+    def _interval_correction(self, x: np.ndarray, accuracy: np.ndarray, datasets: np.ndarray) -> float:
+        """The conformal correction of the interval model, from leave-one-dataset-out scores (module doc)."""
+        names = np.unique(datasets)
+        if len(names) < 2:
+            return 0.0
+        scores = np.empty(len(accuracy))
+        for name in names:
+            held_out = datasets == name
+            model = self._fit_interval_model(x[~held_out], accuracy[~held_out])
+            bounds = np.sort(_predict(model, x[held_out]).reshape(int(held_out.sum()), -1), axis=1)
+            scores[held_out] = np.maximum(bounds[:, 0] - accuracy[held_out], accuracy[held_out] - bounds[:, -1])
+        level = min(1.0, np.ceil((len(scores) + 1) * INTERVAL_COVERAGE) / len(scores))
+        return float(np.quantile(scores, level, method="higher"))
 
     def _dmatrix(self, x: np.ndarray, label: np.ndarray, qid: np.ndarray | None = None) -> xgb.DMatrix:
         return xgb.DMatrix(x, label=label, qid=qid, feature_names=self.feature_names_, missing=np.nan, nthread=self.n_jobs)
@@ -343,6 +375,8 @@ class MetaLearner:
         accuracy points. Its inputs are ``feature_frame(...)`` columns, named ``feature_names``.
         """
         self._check_fitted()
+        if "accuracy" not in self._boosters:
+            raise ConfigError("this MetaLearner was fitted with ranking_only=True and has no accuracy model")
         return self._boosters["accuracy"]
 
     @property
@@ -356,7 +390,7 @@ class MetaLearner:
         """Score candidate configs for one dataset.
 
         Returns a frame with ``candidates``' index and the columns score (higher = better pick),
-        pred_accuracy, pred_accuracy_low, pred_accuracy_high (10%/90% quantiles), pred_accuracy_std,
+        pred_accuracy, pred_accuracy_low, pred_accuracy_high (the calibrated 80% interval), pred_accuracy_std,
         p_fail and pred_cost_seconds (NaN when no run had a cost).
         """
         if not isinstance(candidates, pd.DataFrame):
@@ -365,11 +399,17 @@ class MetaLearner:
         x = features.to_numpy(dtype=np.float32)
         if len(x) == 0:
             return pd.DataFrame(columns=PREDICTION_COLUMNS, index=candidates.index, dtype=float)
-        accuracy = np.clip(self._predict("accuracy", x), 0.0, 1.0)
-        interval = np.clip(np.sort(self._predict("interval", x).reshape(len(x), -1), axis=1), 0.0, 1.0)
-        p_fail = self._predict("fail", x)
-        cost = np.exp(self._predict("cost", x)) if "cost" in self._boosters else np.full(len(x), np.nan)
-        score = np.mean([_predict(b, x) for b in self._score_boosters], axis=0) - self.fail_penalty * p_fail
+        missing = np.full(len(x), np.nan)
+        accuracy = np.clip(self._predict("accuracy", x), 0.0, 1.0) if "accuracy" in self._boosters else missing
+        if "interval" in self._boosters:
+            bounds = np.sort(self._predict("interval", x).reshape(len(x), -1), axis=1)
+            interval = np.clip(bounds + np.array([-1.0, 1.0]) * self.interval_correction_, 0.0, 1.0)
+        else:
+            interval = np.column_stack([missing, missing])
+        p_fail = self._predict("fail", x) if "fail" in self._boosters else missing
+        cost = np.exp(self._predict("cost", x)) if "cost" in self._boosters else missing
+        learned = np.mean([_predict(b, x) for b in self._score_boosters], axis=0) if self._score_boosters else np.zeros(len(x))
+        score = learned - self.fail_penalty * p_fail if self.fail_penalty > 0 else learned
         if self.portfolio_weight > 0:
             score = self._with_portfolio(score, candidates)
         return pd.DataFrame(
@@ -421,7 +461,9 @@ class MetaLearner:
             "n_training_runs": self.n_training_runs_,
             "n_training_datasets": self.n_training_datasets_,
             "unused_meta_features": self.unused_meta_features_,
+            "n_score_models": len(self._score_boosters),
             "portfolio": self.portfolio_,
+            "interval_correction": self.interval_correction_,
             "xgboost_version": xgb.__version__,
         }
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -445,6 +487,7 @@ class MetaLearner:
         learner.meta_feature_names_ = list(state["meta_feature_names"])
         learner.unused_meta_features_ = dict(state.get("unused_meta_features", {}))
         learner.portfolio_ = {k: float(v) for k, v in state.get("portfolio", {}).items()}
+        learner.interval_correction_ = float(state.get("interval_correction", 0.0))
         learner.numeric_columns_ = list(state["numeric_columns"])
         learner.categories_ = {k: list(v) for k, v in state["categories"].items()}
         learner._build_feature_names()
@@ -452,7 +495,7 @@ class MetaLearner:
             raise ConfigError(f"{state_path}: stored feature names disagree with its encoders; the file is corrupt")
         learner._boosters = {name: _load_booster(root / MODEL_FILES[name], learner.n_jobs) for name in state["models"]}
         learner._score_boosters = [_load_booster(root / SCORE_MODEL_FILE.format(i), learner.n_jobs)
-                                   for i in range(learner.n_ensemble)]
+                                   for i in range(int(state.get("n_score_models", learner.n_ensemble)))]
         learner.n_training_runs_ = int(state["n_training_runs"])
         learner.n_training_datasets_ = int(state["n_training_datasets"])
         return learner
@@ -460,6 +503,19 @@ class MetaLearner:
 
 PREDICTION_COLUMNS = ["score", "pred_accuracy", "pred_accuracy_low", "pred_accuracy_high",
                       "pred_accuracy_std", "p_fail", "pred_cost_seconds"]
+
+
+# Settings per search space, for the knowledge bases that ship with metallmix (others: the defaults).
+# Each was chosen by leave-one-dataset-out over LEARNER_GRID of metallmix.evaluate on that knowledge
+# base; its nested figure (the choice made without the held-out dataset) is in docs/recommender.md.
+KNOWLEDGE_BASE_SETTINGS: dict[str, dict[str, Any]] = {}
+
+
+def default_params(df: pd.DataFrame) -> dict[str, Any]:
+    """The MetaLearner settings for a meta-dataset: ``KNOWLEDGE_BASE_SETTINGS`` of its search space when
+    it has exactly one listed there, else none (the class defaults)."""
+    spaces = set(df["search_space"].dropna().unique()) if "search_space" in df else set()
+    return dict(KNOWLEDGE_BASE_SETTINGS.get(spaces.pop(), {})) if len(spaces) == 1 else {}
 
 
 def unused_meta_features(df: pd.DataFrame) -> dict[str, str]:

@@ -56,7 +56,7 @@ from metallmix.metadataset.schema import (
     row_config,
     validate_rows,
 )
-from metallmix.metalearner import PREDICTION_COLUMNS, MetaLearner, candidate_configs
+from metallmix.metalearner import PREDICTION_COLUMNS, MetaLearner, candidate_configs, default_params
 from metallmix.retrieval import RetrievalIndex, normalise_meta_features
 
 SCHEMA_VERSION = 1
@@ -68,6 +68,7 @@ PARAM_COUNT_KEYS = ("n_parameters", "n_params", "param_count", "num_params")
 CONSTRAINT_NAMES = ("budget_minutes", "budget_flops", "max_params", "backbones", "max_p_fail", "max_resolution")
 RESOLUTION_SETTING = "resolution"
 USUAL_SETTINGS = ("lr", "batch_size", "opt", "optimizer", "epochs", "weight_decay")
+N_CONTRASTS = 2  # the pick is contrasted with this many runners-up
 
 # Valid ranges of metallmix's meta-features (metallmix.data.metafeatures documents each); a value
 # outside is a mistake in the input, not an unusual dataset. Names not listed only need to be finite.
@@ -221,7 +222,8 @@ class Recommender:
     """Meta-learner + retrieval index + SHAP explainer, fitted on one meta-dataset.
 
     Args:
-        metalearner_params: keyword arguments of ``MetaLearner``.
+        metalearner_params: keyword arguments of ``MetaLearner`` (None: ``metalearner.default_params``,
+            the settings chosen for the knowledge base's search space).
         n_neighbours: how many similar past datasets a recommendation lists.
         n_top_configs: how many best configs each neighbour carries.
         shap_top_k: how many of the shortlisted configs get a SHAP explanation (the first ones;
@@ -256,7 +258,8 @@ class Recommender:
         validate_rows(df)
         if len(df) == 0:
             raise SchemaError("the meta-dataset is empty; record some runs first")
-        self.metalearner_ = MetaLearner(**(self.metalearner_params or {})).fit(df)
+        params = default_params(df) if self.metalearner_params is None else self.metalearner_params
+        self.metalearner_ = MetaLearner(**params).fit(df)
         self.index_ = RetrievalIndex(n_top_configs=self.n_top_configs).fit(df)
         self.explainer_ = ShapExplainer(
             self.metalearner_.accuracy_model,
@@ -357,6 +360,8 @@ class Recommender:
         ]
         items = [self._item(rank, i, pred, front_set) for rank, i in enumerate(shortlist, start=1)]
         shap_evidence = [{"candidate_id": item["candidate_id"], **expl} for item, expl in zip(items[: len(explanations)], explanations, strict=True)]
+        contrasts = [self._contrast(features, shortlist[0], rival, rank)
+                     for rank, rival in enumerate(shortlist[1:N_CONTRASTS + 1], start=2)]
         warnings, degraded = self._warnings(feature_report, feasibility)
         best = items[0]
         document = {
@@ -371,6 +376,7 @@ class Recommender:
             "explanation_source": "template",
             "evidence": {
                 "shap": shap_evidence,
+                "contrast": contrasts,
                 "neighbours": neighbours,
                 "global_importance": self.explainer_.global_importance()[:10],
             },
@@ -401,6 +407,21 @@ class Recommender:
         }
         document["explanation"] = template_explanation(document)
         return document
+
+    def save_waterfall_plot(self, document: dict[str, Any], path: str | Path) -> Path:
+        """A SHAP waterfall PNG of the predicted accuracy of ``document``'s pick (a recommend() answer)."""
+        position = int(np.flatnonzero(self._ids == document["candidate_id"])[0])
+        row = self.explained_rows(document["meta_features"]["values"], [position])
+        label = ", ".join(f"{k}={_short(v)}" for k, v in document["config"].items() if k in (self.backbone_key_, *USUAL_SETTINGS,
+                                                                                              "scheme", "resolution"))
+        return self.explainer_.save_waterfall_plot(row, path, title=f"Why {label or document['candidate_id']}: SHAP of predicted accuracy (points)")
+
+    def _contrast(self, features: dict[str, float], pick: int, rival: int, rival_rank: int) -> dict[str, Any]:
+        """Why candidate ``pick`` is predicted above (or below) ``rival`` (``ShapExplainer.contrast``)."""
+        rows = self.explained_rows(features, [pick, rival])
+        contrast = self.explainer_.contrast(rows, self.metalearner_.feature_groups, (self._configs[pick], self._configs[rival]))
+        return {"candidate_id": str(self._ids[pick]), "rival_id": str(self._ids[rival]), "rival_rank": rival_rank,
+                "rival_backbone": self._backbones[rival], **contrast}
 
     def shortlist_document(self, meta_features: dict[str, float], candidates: pd.DataFrame, top_k: int) -> dict[str, Any]:
         """A recommendation-like document (what the LLM step reads) whose shortlist is the top ``top_k``
@@ -843,9 +864,16 @@ def template_explanation(document: dict[str, Any]) -> str:
         f"Predicted accuracy {pred['accuracy']:.1%} (likely range {pred['accuracy_low']:.1%} to "
         f"{pred['accuracy_high']:.1%}), {cost_text(pred)}, failure risk {pred['p_fail']:.0%}.",
     ]
+    for contrast in document["evidence"]["contrast"][:1]:
+        rival = contrast["rival_backbone"] or f"candidate {contrast['rival_id']}"
+        lines.append(f"Why it ranks above the runner-up ({rival}): {contrast['text']}.")
+        if contrast["gap_points"] < 0:
+            lines.append("Its predicted accuracy is the lower of the two: it ranks first on the ranking score, which "
+                         "learns how configs compare within each past dataset rather than their absolute accuracy.")
     shap = document["evidence"]["shap"]
-    if shap:
-        lines.append(f"Why it scores high: {shap[0]['text']}")
+    context = [item for item in shap[0]["top_features"] if item["kind"] == "dataset"] if shap else []
+    if context:
+        lines.append(f"Dataset context: {ShapExplainer.render_text(context)}")
     neighbours = document["evidence"]["neighbours"]
     if neighbours:
         parts = []
