@@ -31,7 +31,7 @@ from metallmix.errors import ConfigError, MetallmixError
 from metallmix.metadataset.store import DEFAULT_META_DATASET
 
 EXIT_USAGE = 2
-PROTOCOLS = ("leave-one-dataset-out", "nested-leave-one-dataset-out")
+PROTOCOLS = ("leave-one-dataset-out", "nested-leave-one-dataset-out", "subsampled-leave-one-dataset-out")
 CACHE_ENV = "METALLMIX_CACHE_DIR"
 PARAM_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 TIME_UNITS = {"s": 1 / 60, "sec": 1 / 60, "min": 1.0, "m": 1.0, "h": 60.0}
@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
                     help="leave-one-dataset-out: the recommender's own settings for this knowledge base; "
                          "nested-leave-one-dataset-out: the settings chosen for each held-out dataset by an inner "
-                         "leave-one-dataset-out on the other datasets only (metallmix.evaluate.LEARNER_GRID; slow)")
+                         "leave-one-dataset-out on the other datasets only (metallmix.evaluate.LEARNER_GRID; slow); "
+                         "subsampled-leave-one-dataset-out: the stability of the figure when the knowledge base holds "
+                         "a random subset of the other datasets (--draws, --subset-size)")
+    ev.add_argument("--draws", type=_positive_int, default=20, metavar="N", help="subsampled protocol: random subsets per dataset (default 20)")
+    ev.add_argument("--subset-size", type=_positive_int, metavar="K", help="subsampled protocol: datasets per subset (default 70%% of the others)")
     ev.add_argument("--objective", help="override the meta-learner's ranking objective (see metallmix.metalearner.OBJECTIVES)")
     ev.add_argument("--datasets", type=_name_list, metavar="A,B", help="held-out datasets to evaluate (default: all)")
     ev.add_argument("--no-baselines", action="store_true", help="skip the random-k, plain-surrogate and nearest-dataset baselines")
@@ -337,6 +341,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     df = load_meta_dataset(args.meta_dataset)
     params = {**default_params(df), **({"objective": args.objective} if args.objective else {})}
+    if args.protocol == "subsampled-leave-one-dataset-out":
+        from metallmix.evaluate import evaluate_stability
+
+        stability = evaluate_stability(df, n_draws=args.draws, subset_size=args.subset_size, learner_params=params)
+        print(f"Leave-one-dataset-out regret on {args.meta_dataset} with the meta-learner fitted on {stability['subset_size']} "
+              f"random other datasets ({args.draws} draws; settings {params or 'default'}):")
+        print(f"  mean {stability['mean_regret']:.3f}, std over draws {stability['std_regret']:.3f} "
+              f"(draws {stability['min_regret']:.3f}-{stability['max_regret']:.3f})")
+        for name, figures in stability["datasets"].items():
+            print(f"  {name:<16} mean {figures['mean_regret']:.3f}  max {figures['max_regret']:.3f}")
+        _write_json(stability, args.json)
+        return 0
     choices: list[dict[str, Any]] = []
     nested = args.protocol == "nested-leave-one-dataset-out"
     result = evaluate_lodo(
@@ -354,13 +370,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_table(result))
     for entry, choice in zip(result["datasets"], choices):
         print(f"  {entry['dataset']}: settings chosen on the other datasets: {choice['chosen']}")
-    if args.json:
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            raise ConfigError(f"cannot write --json {args.json} ({exc})") from exc
+    _write_json(result, args.json)
     return 0
+
+
+def _write_json(result: dict[str, Any], path: str | None) -> None:
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write --json {path} ({exc})") from exc
 
 
 # -------------------------------------------------------------- argument types

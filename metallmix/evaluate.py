@@ -7,7 +7,11 @@ and names one of them; the pick is scored by its recorded accuracy as the normal
     (best accuracy of d - accuracy of the pick) / (best accuracy of d - worst accuracy of d)
 
 over every run recorded for d (failed runs included with the accuracy they recorded; a run with no
-accuracy counts as d's worst). Baselines on the same table:
+accuracy counts as d's worst). "Accuracy" is the knowledge base's ``accuracy`` column: the best epoch's
+validation accuracy for Quick-Tune imports, the published test accuracy for MedMNIST+, the test
+accuracy for metallmix's own sweeps. Where runs also record their last epoch's accuracy (Quick-Tune),
+every pick also reports ``final_accuracy`` and ``final_epoch_regret`` (the same regret over the last
+epochs), and the summaries ``mean_final_epoch_regret``. Baselines on the same table:
 
 - ``random_<k>``: the exact expected regret of the best of k configurations of d drawn uniformly
   without replacement;
@@ -35,6 +39,7 @@ Every entry names its pick by ``picked_config_id`` (the run's id in the knowledg
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Hashable, Iterable
 from math import comb
@@ -259,6 +264,7 @@ def evaluate_lodo(
         runs = held_out.set_index("run_id")
         accuracy = _replay_accuracy(held_out, dataset)
         best, worst = float(accuracy.max()), float(accuracy.min())
+        final = _final_accuracy(runs)
         meta_features = row_meta_features(held_out.iloc[0])
         candidates = runs[config_columns(held_out)]
         learner = (MetaLearner(**params, ranking_only=not intervals).fit(train_df)
@@ -269,7 +275,7 @@ def evaluate_lodo(
             if chosen not in candidates.index:
                 raise ConfigError(f"pick {name!r} returned {chosen!r} for {dataset!r}, not a candidate's index label")
             run = runs.loc[chosen]
-            return {
+            result = {
                 "picked_config_id": str(chosen),
                 "picked_config": row_config(run),
                 "accuracy": float(accuracy[chosen]),
@@ -278,6 +284,10 @@ def evaluate_lodo(
                 "cost_flops_estimate": _float_or_none(run.get(COST_ESTIMATE_COLUMN)),
                 "status": str(run["status"]),
             }
+            if final is not None:
+                result["final_accuracy"] = float(final[chosen])
+                result["final_epoch_regret"] = normalized_regret(float(final[chosen]), float(final.max()), float(final.min()))
+            return result
 
         entry: dict[str, Any] = {"dataset": dataset, "n_candidates": int(len(candidates)),
                                  "best_accuracy": best, "worst_accuracy": worst}
@@ -287,6 +297,8 @@ def evaluate_lodo(
             entry[name] = result_of(name, pick_fn(train_df, meta_features, candidates.copy()))
         for k in ks:
             entry[f"random_{k}"] = {"normalized_regret": expected_random_regret(accuracy.to_numpy(), k)}
+            if final is not None:
+                entry[f"random_{k}"]["final_epoch_regret"] = expected_random_regret(final.to_numpy(), k)
         if scores is not None and intervals:
             entry["interval"] = _interval_quality(scores, runs["accuracy"])
         if baselines:
@@ -323,6 +335,53 @@ def _pooled_interval_quality(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "median_width": float(np.median([q["median_width"] for q in per_dataset])) if per_dataset else None}
 
 
+def evaluate_stability(
+    df: pd.DataFrame,
+    *,
+    n_draws: int = 20,
+    subset_size: int | None = None,
+    learner_params: dict[str, Any] | None = None,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """Leave-one-dataset-out with a smaller training pool: how much the figure depends on which datasets
+    the knowledge base happens to hold.
+
+    For each of ``n_draws`` draws and each held-out dataset, the meta-learner is fitted on a random
+    subset of ``subset_size`` of the other datasets (default: 70% of them) and picks for the held-out
+    one. A draw's figure is the mean regret over the held-out datasets; the result gives the mean and
+    standard deviation of those figures over the draws, and per dataset its mean and max regret.
+    """
+    validate_rows(df, source="meta-dataset given to evaluate_stability")
+    datasets = sorted(df["dataset_id"].unique())
+    if len(datasets) < 3:
+        raise DataError(f"the stability protocol needs at least 3 datasets (a held-out one and a subset of the others); got {len(datasets)}")
+    size = subset_size if subset_size is not None else max(1, round(0.7 * (len(datasets) - 1)))
+    if not 1 <= size <= len(datasets) - 1:
+        raise ConfigError(f"subset_size must lie in [1, {len(datasets) - 1}], got {size}")
+    rng = np.random.default_rng(random_state)
+    params = {**(learner_params or {}), "ranking_only": True}
+    regrets = np.empty((n_draws, len(datasets)))
+    for draw in range(n_draws):
+        for j, dataset in enumerate(datasets):
+            others = [d for d in datasets if d != dataset]
+            pool = set(rng.choice(others, size=size, replace=False))
+            held_out = df[df["dataset_id"] == dataset]
+            runs = held_out.set_index("run_id")
+            accuracy = _replay_accuracy(held_out, dataset)
+            scores = MetaLearner(**params).fit(df[df["dataset_id"].isin(pool)]).predict(
+                row_meta_features(held_out.iloc[0]), runs[config_columns(held_out)])["score"]
+            chosen = scores.idxmax()
+            regrets[draw, j] = normalized_regret(float(accuracy[chosen]), float(accuracy.max()), float(accuracy.min()))
+    per_draw = regrets.mean(axis=1)
+    return {
+        "n_draws": n_draws, "subset_size": size, "n_datasets": len(datasets), "learner_params": learner_params or {},
+        "mean_regret": float(per_draw.mean()), "std_regret": float(per_draw.std(ddof=1)) if n_draws > 1 else 0.0,
+        "min_regret": float(per_draw.min()), "max_regret": float(per_draw.max()),
+        "datasets": {d: {"mean_regret": float(regrets[:, j].mean()), "max_regret": float(regrets[:, j].max())}
+                     for j, d in enumerate(datasets)},
+    }
+
+
 def _candidate_costs(runs: pd.DataFrame, meta_features: dict[str, float], scores: pd.DataFrame) -> dict[str, Any]:
     """What the cost-aware pick compares: the estimated compute of the held-out dataset's configs where
     the knowledge base holds estimates (from the dataset's sizes, known before any training), else the
@@ -348,6 +407,15 @@ def _cost_aware_result(entry: dict[str, Any], cost: dict[str, Any], score: pd.Se
             "oracle_regret": normalized_regret(oracle, entry["best_accuracy"], entry["worst_accuracy"])}
 
 
+def _final_accuracy(runs: pd.DataFrame) -> pd.Series | None:
+    """Each run's last-epoch accuracy (``final_accuracy`` in metrics_json, as the Quick-Tune importer
+    records it beside the best epoch's), a missing one counting as the dataset's worst; None when the
+    knowledge base records none."""
+    values = pd.Series([json.loads(m).get("final_accuracy") if isinstance(m, str) else None
+                        for m in runs["metrics_json"]], index=runs.index, dtype=float)
+    return None if values.isna().all() else values.fillna(values.min())
+
+
 def _replay_accuracy(held_out: pd.DataFrame, dataset: str) -> pd.Series:
     accuracy = held_out.set_index("run_id")["accuracy"].astype(float)
     if accuracy.isna().all():
@@ -371,6 +439,9 @@ def _summary(entries: list[dict[str, Any]], name: str, main: str) -> dict[str, A
     }
     if len(scored) < len(results):
         out["n_without_pick"] = len(results) - len(scored)
+    finals = [r["final_epoch_regret"] for r in scored if "final_epoch_regret" in r]
+    if finals:
+        out["mean_final_epoch_regret"] = float(np.mean(finals))
     statuses = [r.get("status") for r in scored]
     if statuses[0] is not None:
         out["n_picked_not_ok"] = int(sum(s != "ok" for s in statuses))
@@ -410,11 +481,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("-" * len(header))
     stats = ["mean_regret", "median_regret", "max_regret", f"n_over_{REGRET_THRESHOLD}"]
     interval = result["summary"].get("interval")
-    if any("median_cost_ratio_to_portfolio" in result["summary"][m] for m in methods):
-        stats.append("median_cost_ratio_to_portfolio")
+    for optional in ("mean_final_epoch_regret", "median_cost_ratio_to_portfolio"):
+        if any(optional in result["summary"][m] for m in methods):
+            stats.append(optional)
     for stat in stats:
         values = [result["summary"][m].get(stat) for m in methods]
-        label = {"median_cost_ratio_to_portfolio": "cost/portfolio"}.get(stat, stat.replace("_regret", ""))
+        label = {"median_cost_ratio_to_portfolio": "cost/portfolio",
+                 "mean_final_epoch_regret": "mean, last epoch"}.get(stat, stat.replace("_regret", ""))
         lines.append(f"{label:<15} " + " ".join(_cell(v, width) for v in values))
     if interval and interval["coverage"] is not None:
         lines.append(f"80% interval of the {main}: covers {interval['coverage']:.1%} of the held-out runs "

@@ -12,10 +12,12 @@ import pytest
 from metallmix.errors import ConfigError, DataError, SchemaError
 from metallmix.evaluate import (
     closest_candidate,
+    evaluate_stability,
     evaluate_lodo,
     expected_random_regret,
     format_table,
     normalized_regret,
+    select_learner,
 )
 from metallmix.metadataset.schema import make_row
 
@@ -138,3 +140,73 @@ def test_bad_input():
         evaluate_lodo(no_accuracy, pick=pick_config(0), baselines=False)
     with pytest.raises(SchemaError, match="schema_version"):
         evaluate_lodo(table.assign(schema_version=7), pick=pick_config(0), baselines=False)
+
+
+def four_datasets() -> pd.DataFrame:
+    return tiny_table({name: list(np.linspace(0.1, 0.9, 6)[::(1 if i % 2 else -1)])
+                       for i, name in enumerate(["A", "B", "C", "D"])})
+
+
+def test_nested_choice_never_sees_the_held_out_dataset(monkeypatch):
+    import metallmix.evaluate as evaluate_module
+
+    seen = []
+    real = evaluate_module.select_learner
+
+    def spying_select(train_df, grid, base_params=None):
+        seen.append(sorted(train_df["dataset_id"].unique()))
+        return real(train_df, grid, base_params)
+
+    monkeypatch.setattr(evaluate_module, "select_learner", spying_select)
+    grid = [{**FAST, "objective": "regression"}, {**FAST, "portfolio_weight": 1.0}]
+    log = []
+    result = evaluate_lodo(four_datasets(), pick=evaluate_module.nested_pick(grid, log=log), method="nested", baselines=False)
+    assert seen == [["B", "C", "D"], ["A", "C", "D"], ["A", "B", "D"], ["A", "B", "C"]]
+    assert [entry["training_datasets"] for entry in log] == seen
+    assert all(entry["chosen"] in grid and len(entry["inner"]) == 2 for entry in log)
+    assert result["methods"] == ["nested"] and len(result["datasets"]) == 4
+
+
+def test_select_learner_takes_the_lowest_inner_regret():
+    table = four_datasets()
+    grid = [{**FAST, "objective": "regression"}, {**FAST, "portfolio_weight": 1.0}]
+    chosen, trials = select_learner(table, grid)
+    inner = [evaluate_lodo(table, learner_params=params, baselines=False, intervals=False)["summary"]["metalearner"]["mean_regret"]
+             for params in grid]
+    assert [t["mean_regret"] for t in trials] == pytest.approx(inner)
+    assert chosen == grid[int(np.argmin(inner))]
+
+
+def test_interval_coverage_is_reported_and_counts_runs_inside():
+    result = evaluate_lodo(four_datasets(), learner_params=FAST, baselines=False)
+    for entry in result["datasets"]:
+        quality = entry["interval"]
+        assert quality["n_runs"] == 6 and 0 <= quality["n_inside"] <= 6
+        assert quality["coverage"] == pytest.approx(quality["n_inside"] / 6)
+    pooled = result["summary"]["interval"]
+    assert pooled["coverage"] == pytest.approx(sum(e["interval"]["n_inside"] for e in result["datasets"]) / 24)
+    assert pooled["target"] == pytest.approx(0.8)
+    assert "80% interval of the metalearner: covers" in format_table(result)
+
+
+def test_final_epoch_regret_where_runs_record_their_last_epoch():
+    table = tiny_table(ACCURACIES)
+    finals = {"A": [0.2, 0.5, 0.1, 0.7], "B": [0.4, 0.3, 0.6, 0.2], "C": [0.3, 0.1, 0.9, 0.5]}
+    table["metrics_json"] = [json.dumps({"final_accuracy": finals[d][int(r.split("-")[1])]})
+                             for d, r in zip(table["dataset_id"], table["run_id"])]
+    result = evaluate_lodo(table, pick=pick_config(1), baselines=False)
+    a = {e["dataset"]: e for e in result["datasets"]}["A"]
+    assert a["final_accuracy"] == 0.5 and a["final_epoch_regret"] == pytest.approx((0.7 - 0.5) / (0.7 - 0.1))
+    assert result["summary"]["metalearner"]["mean_final_epoch_regret"] == pytest.approx(
+        np.mean([(0.7 - 0.5) / 0.6, (0.6 - 0.3) / 0.4, (0.9 - 0.1) / 0.8]))
+    assert "mean, last epoch" in format_table(result)
+
+
+def test_stability_draws_subsets_of_the_other_datasets():
+    result = evaluate_stability(four_datasets(), n_draws=3, subset_size=2, learner_params=FAST)
+    assert result["subset_size"] == 2 and set(result["datasets"]) == set("ABCD")
+    assert result["min_regret"] <= result["mean_regret"] <= result["max_regret"]
+    means = [d["mean_regret"] for d in result["datasets"].values()]
+    assert result["mean_regret"] == pytest.approx(np.mean(means))
+    with pytest.raises(ConfigError, match="subset_size must lie in"):
+        evaluate_stability(four_datasets(), n_draws=1, subset_size=4)
