@@ -3,6 +3,7 @@ real Tuner), a tiny replay multirun through Hydra with its report, and a tiny tr
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,117 @@ def test_train_mode_runs_every_method_with_real_training():
     # the hybrid's first trial is the zero-shot pick, trained with the same seed: same test accuracy
     assert results["hybrid"]["trials"][0]["accuracy"] == pytest.approx(results["zeroshot"]["accuracy"])
     assert np.isfinite([r["accuracy"] for r in results.values()]).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# replay on a knowledge base without learning curves or training times (MedMNIST+)
+
+MEDMNISTPLUS = "medmnistplus:builtin"
+MEDMNISTPLUS_DATASETS = ["breastmnist", "retinamnist"]
+MEDMNISTPLUS_METHODS = ["zeroshot", "portfolio", "random", "asha"]
+
+
+@pytest.fixture(scope="module")
+def medmnistplus():
+    return load_meta_dataset(MEDMNISTPLUS).set_index("run_id")
+
+
+@pytest.fixture(scope="module")
+def medmnistplus_multirun(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_medmnistplus") / "multirun"
+    command = [sys.executable, "-m", "metallmix.bench", "-m", "mode=replay", f"meta_dataset={MEDMNISTPLUS}",
+               f"method={','.join(MEDMNISTPLUS_METHODS)}", f"held_out={','.join(MEDMNISTPLUS_DATASETS)}",
+               "seed=0", "budget.trials=3", "+learner.n_ensemble=2", f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "skipped: no learning curves" in proc.stdout
+    return out
+
+
+def test_a_run_without_curve_or_times_replays_as_one_step_costing_its_estimate(medmnistplus):
+    from metallmix.bench import FLOPS_ESTIMATE
+
+    held_out = medmnistplus[medmnistplus["dataset_id"] == "breastmnist"].reset_index()
+    outcomes = RecordedOutcomes(held_out)
+    assert outcomes.unit is FLOPS_ESTIMATE and not outcomes.has_curves and outcomes.max_epochs == 1
+    for row in held_out.itertuples():
+        run = outcomes.runs[row.run_id]
+        assert run.val_accuracy == [row.accuracy] and run.accuracy == row.accuracy
+        assert run.cost == row.cost_flops_estimate and run.cost_seconds is None
+    with pytest.raises(ConfigError, match=r"record no training time.*budget\.trials=N"):
+        outcomes.time_limit(SearchBudget(time_runs=10))
+
+
+@pytest.mark.parametrize("budget", [{"trials": None, "time_runs": 10}, {"trials": 5, "time_s": 3600}])
+def test_a_time_budget_on_a_knowledge_base_without_times_says_to_count_trials(budget):
+    cfg = {"mode": "replay", "method": "zeroshot", "held_out": "breastmnist", "meta_dataset": MEDMNISTPLUS,
+           "budget": budget}
+    with pytest.raises(ConfigError, match=r"no training time.*set budget\.trials=N"):
+        run_benchmark(cfg)
+
+
+def test_medmnistplus_replay_reports_the_recorded_accuracies_and_estimates(medmnistplus_multirun, medmnistplus):
+    from metallmix.evaluate import portfolio_pick
+    from metallmix.metadataset.medmnistplus import run_id
+
+    docs = [json.loads(path.read_text()) for path in sorted(medmnistplus_multirun.rglob(RESULT_FILE))]
+    assert sorted((d["method"], d["dataset"]) for d in docs) == sorted(
+        (m, ds) for m in MEDMNISTPLUS_METHODS for ds in MEDMNISTPLUS_DATASETS)
+    for doc in docs:
+        runs = medmnistplus[medmnistplus["dataset_id"] == doc["dataset"]]
+        assert doc["reference"] == {"best_accuracy": runs["accuracy"].max(), "worst_accuracy": runs["accuracy"].min()}
+        # no field pretends to be seconds
+        assert doc["training_seconds"] is None and doc["time_to_within_1pct_seconds"] is None
+        if doc["method"] == "asha":
+            assert doc["skipped"] == ("no learning curves in medmnistplus:builtin: ASHA and BOHB need per-epoch "
+                                      "results to stop or pause a run")
+            assert doc["accuracy"] is None and doc["n_trials"] == 0 and doc["trials"] == []
+            continue
+        assert "skipped" not in doc
+        if doc["method"] in ("zeroshot", "portfolio"):
+            picked = run_id(doc["dataset"], doc["best_config"])
+            assert doc["n_trials"] == 0 and doc["accuracy"] == runs.loc[picked, "accuracy"]
+            assert doc["training_compute_flops_estimate"] == runs.loc[picked, "cost_flops_estimate"]
+            assert doc["trajectory"] == [{"compute_flops_estimate": runs.loc[picked, "cost_flops_estimate"],
+                                          "accuracy": runs.loc[picked, "accuracy"]}]
+            assert doc["recommendation_seconds"] < 5
+        else:
+            assert doc["n_trials"] == 3 and doc["recommendation_seconds"] is None
+            for trial in doc["trials"]:  # one step each, at the recorded accuracy, costing the estimate
+                assert trial["epochs"] == 1 and "seconds" not in trial
+                assert trial["accuracy"] == runs.loc[trial["config_id"], "accuracy"]
+                assert trial["compute_flops_estimate"] == runs.loc[trial["config_id"], "cost_flops_estimate"]
+            assert math.isclose(doc["training_compute_flops_estimate"],
+                                sum(t["compute_flops_estimate"] for t in doc["trials"]))
+            assert doc["accuracy"] == max(t["accuracy"] for t in doc["trials"])
+            assert doc["trials"][0]["config_id"] == f"{doc['dataset']}:end_to_end:resnet18:224"  # the default first
+        if doc["method"] == "portfolio":  # evaluate's portfolio, fitted without the held-out dataset
+            train_df = without_dataset(medmnistplus.reset_index(), doc["dataset"])
+            candidates = runs[config_columns(runs)]
+            assert picked == portfolio_pick(train_df, {}, candidates)
+            assert doc["fit_seconds"] is None
+
+
+def test_medmnistplus_report_shows_estimates_and_asha_as_not_applicable(medmnistplus_multirun):
+    df = load_results(medmnistplus_multirun)
+    table = results_table(df)
+    header = next(line for line in table.splitlines() if line.startswith("| dataset"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["dataset", "zeroshot", "portfolio", "random", "asha"]
+    for dataset in MEDMNISTPLUS_DATASETS:
+        cells = [c.strip() for c in next(line for line in table.splitlines()
+                                         if line.startswith(f"| {dataset} ")).strip("|").split("|")]
+        assert cells[-1] == "n/a"
+        assert all("PFLOP (est.)" in cell for cell in cells[1:-1])
+    regret_row = next(line for line in table.splitlines() if line.startswith("| mean normalised regret"))
+    assert regret_row.rstrip(" |").endswith("n/a")
+    assert "| mean training compute (est.) |" in table and "mean training time" not in table
+    assert not re.search(r"\d h\b|\d min\b", table)  # compute estimates are never shown as durations
+    assert ("n/a: asha not applicable (no learning curves in medmnistplus:builtin: ASHA and BOHB need "
+            "per-epoch results to stop or pause a run).") in table
+    proc = subprocess.run([sys.executable, "-m", "metallmix.bench.report", str(medmnistplus_multirun)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^(PASS|FAIL) zeroshot vs random: regret <= random's and training compute \(est\.\)",
+                     proc.stdout, re.MULTILINE)
+    report = (medmnistplus_multirun / "report.md").read_text()
+    assert "2 of them not applicable" in report and (medmnistplus_multirun / "regret_vs_time.png").is_file()

@@ -342,3 +342,82 @@ def test_mixed_modes_ask_for_one_mode_at_a_time(tmp_path: Path) -> None:
     assert load_results(tmp_path, mode="replay")["method"].tolist() == ["tpe"]
     with pytest.raises(DataError, match="no results of mode"):
         load_results(write_results(tmp_path / "replay_only", [make_result("tpe", "alpha", 0, 0.8)]), mode="train")
+
+
+# --- a knowledge base without training times or learning curves ----------------------------------
+
+FLOP_PER_SECOND = 1e12  # turns the hand-made seconds into hand-made compute estimates
+
+
+def estimated(result: dict[str, Any]) -> dict[str, Any]:
+    """A hand-made result as replay writes it on a knowledge base without training times: the costs in
+    the estimate's fields, the seconds fields null (a search's response time too)."""
+    flops = {"training_compute_flops_estimate": result["training_seconds"] * FLOP_PER_SECOND,
+             "compute_to_within_1pct_flops_estimate": result["time_to_within_1pct_seconds"] * FLOP_PER_SECOND}
+    return {
+        **result, **flops, "training_seconds": None, "time_to_within_1pct_seconds": None,
+        "recommendation_seconds": result["recommendation_seconds"] if result["n_trials"] == 0 else None,
+        "trajectory": [{"compute_flops_estimate": p["time_seconds"] * FLOP_PER_SECOND, "accuracy": p["accuracy"]}
+                       for p in result["trajectory"]],
+        "trials": [{"config_id": t["config_id"], "accuracy": t["accuracy"], "epochs": 1,
+                    "compute_flops_estimate": t["seconds"] * FLOP_PER_SECOND} for t in result["trials"]],
+    }
+
+
+def skipped(method: str, dataset: str) -> dict[str, Any]:
+    """A hand-made result of a method that did not apply."""
+    return {**make_result(method, dataset, 0, 0.0), "skipped": "no learning curves in kb: ASHA and BOHB need them",
+            "accuracy": None, "normalized_regret": None, "training_seconds": None, "time_to_within_1pct_seconds": None,
+            "recommendation_seconds": None, "n_trials": 0, "trajectory": [], "trials": [],
+            "training_compute_flops_estimate": None, "compute_to_within_1pct_flops_estimate": None}
+
+
+@pytest.fixture
+def estimated_folder(tmp_path: Path) -> Path:
+    results = [estimated(r) for r in replay_results()]
+    results += [skipped(method, dataset) for method in ("asha", "bohb") for dataset in ("alpha", "beta")]
+    return write_results(tmp_path / "multirun", results)
+
+
+def test_estimated_compute_is_labelled_and_never_a_duration(estimated_folder: Path) -> None:
+    results = load_results(estimated_folder)
+    rows = table_rows(results_table(results))
+    zeroshot, hybrid, random = rows["alpha"][:3]
+    assert zeroshot == "85.0 · 0.06 PFLOP (est.) · 0.3 s"  # 60 s x 1e12 FLOP/s, the pick's response time
+    assert random == "80.0 · 1.2 PFLOP (est.) · –"  # a search's response time is unknown without times
+    assert hybrid.startswith("**88.0** · ")
+    assert rows["mean training compute (est.)"][:4] == ["0.06 PFLOP (est.)", "0.6 PFLOP (est.)", "1.2 PFLOP (est.)",
+                                                        "1.5 PFLOP (est.)"]
+    assert "mean training time" not in rows
+    assert "mean training compute (est.) to within 1 point of the final accuracy" in rows
+    zero_shot = targets(results)[0]
+    assert zero_shot.startswith("PASS zeroshot vs random: regret <= random's and training compute (est.) <= 1/10")
+    assert "0.06 PFLOP (est.) vs 1/10 of 1.2 PFLOP (est.) = 0.12 PFLOP (est.) (ok)" in zero_shot
+    assert not re.search(r"\d (s|min|h)\b", zero_shot)
+
+
+def test_skipped_methods_show_as_not_applicable(estimated_folder: Path, tmp_path: Path) -> None:
+    results = load_results(estimated_folder)
+    table = results_table(results)
+    rows = table_rows(table)
+    assert rows["dataset"] == ["zeroshot", "hybrid", "random", "tpe", "asha", "bohb"]
+    assert rows["alpha"][4:] == rows["beta"][4:] == ["n/a", "n/a"]
+    for label in ("mean normalised regret", "datasets won", "mean training compute (est.)", "n trials (mean)"):
+        assert rows[label][4:] == ["n/a", "n/a"], label
+    assert rows["datasets won"][:4] == ["0 / 2", "1 / 2", "1 / 2", "1 / 2"]  # as without the skipped methods
+    assert "n/a: asha, bohb not applicable (no learning curves in kb: ASHA and BOHB need them)." in table
+    hybrid_target = targets(results)[1]
+    assert "vs random" in hybrid_target and "vs asha" not in hybrid_target
+    written = write_report(estimated_folder, out=tmp_path / "report")
+    for plot in written["plots"]:
+        assert_png(Path(plot))
+    markdown = Path(written["markdown"]).read_text()
+    assert "20 results: 6 methods x 2 datasets x 2 seeds; 4 of them not applicable" in markdown
+
+
+def test_seconds_and_estimates_do_not_share_a_report(tmp_path: Path) -> None:
+    results = [make_result("tpe", "alpha", 0, 0.8), estimated(make_result("random", "alpha", 0, 0.7))]
+    with pytest.raises(DataError, match=r"different units: .*report them apart"):
+        load_results(write_results(tmp_path / "mixed", results))
+    with pytest.raises(DataError, match="every result .* was skipped .*nothing to report"):
+        load_results(write_results(tmp_path / "skipped", [skipped("asha", "alpha")]))

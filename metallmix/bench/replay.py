@@ -12,6 +12,13 @@ on_trial_result/on_trial_complete/choose_trial_to_run``).
 
 A run recorded as failed (no finite accuracy) replays as one epoch at the dataset's worst accuracy.
 A replayed run that runs to its end costs exactly its recorded ``cost_seconds``.
+
+Knowledge bases that published final results only (MedMNIST+: no learning curve, no training time)
+replay too: a run without a curve is one step that reports its recorded accuracy, and where the
+held-out dataset's runs record no seconds their cost is the compute estimate ``cost_flops_estimate``
+(``RecordedOutcomes.unit`` is then ``FLOPS_ESTIMATE``, and the simulated clock counts estimated FLOP,
+not seconds). Time budgets cannot be replayed there (``RecordedOutcomes.time_limit`` says so), and
+schedulers that stop runs early have no epochs to stop (``RecordedOutcomes.has_curves``).
 """
 
 from __future__ import annotations
@@ -24,73 +31,116 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metallmix.bench import FLOPS_ESTIMATE, SECONDS, CostUnit
 from metallmix.bench.search import METRIC, TIME_ATTR
 from metallmix.bench.space import CANDIDATE_KEY
 from metallmix.errors import ConfigError, DataError
+from metallmix.metadataset.schema import COST_ESTIMATE_COLUMN
 
 EPOCH_SECONDS_KEYS = ("epoch_seconds", "seconds")  # metallmix sweeps, Quick-Tune imports
 
 
 @dataclass
 class RecordedRun:
-    """One recorded run of the held-out dataset: its curve and final accuracy."""
+    """One recorded run of the held-out dataset: its curve, each epoch's cost and its final accuracy."""
 
-    val_accuracy: list[float]  # per epoch
-    epoch_seconds: list[float]  # per epoch
+    val_accuracy: list[float]  # per epoch (one step at the recorded accuracy for a run without a curve)
+    epoch_costs: list[float]  # per epoch, in ``unit``
     accuracy: float  # the recorded final accuracy (test accuracy of metallmix sweeps)
+    unit: CostUnit = SECONDS
 
     @property
     def n_epochs(self) -> int:
         return len(self.val_accuracy)
 
     @property
-    def cost_seconds(self) -> float:
-        return float(sum(self.epoch_seconds))
+    def cost(self) -> float:
+        """The whole run's cost, in ``unit``."""
+        return float(sum(self.epoch_costs))
+
+    @property
+    def epoch_seconds(self) -> list[float] | None:
+        """Per epoch, the recorded seconds; None where the knowledge base records no times."""
+        return self.epoch_costs if self.unit is SECONDS else None
+
+    @property
+    def cost_seconds(self) -> float | None:
+        """The run's recorded seconds; None where the knowledge base records no times."""
+        return self.cost if self.unit is SECONDS else None
 
 
 class RecordedOutcomes:
-    """The recorded runs of one dataset, keyed by run_id (the candidate ids of replay mode)."""
+    """The recorded runs of one dataset, keyed by run_id (the candidate ids of replay mode).
+
+    ``unit``: seconds (``cost_seconds``) where any run of the dataset records them, else the compute
+    estimate (``cost_flops_estimate``) where the knowledge base has one; a run without either costs 0.
+    """
 
     def __init__(self, held_out: pd.DataFrame):
         if held_out.empty:
             raise DataError("the held-out dataset has no recorded runs to replay")
+        self.dataset = str(held_out["dataset_id"].iloc[0])
         accuracy = held_out["accuracy"].astype(float)
         if accuracy.isna().all():
-            raise DataError(f"dataset {held_out['dataset_id'].iloc[0]!r} has no run with an accuracy; nothing to replay")
+            raise DataError(f"dataset {self.dataset!r} has no run with an accuracy; nothing to replay")
         self.best = float(accuracy.max())
         self.worst = float(accuracy.min())
+        estimated = COST_ESTIMATE_COLUMN in held_out and held_out[COST_ESTIMATE_COLUMN].notna().any()
+        self.unit = FLOPS_ESTIMATE if held_out["cost_seconds"].isna().all() and estimated else SECONDS
+        costs = held_out["cost_seconds" if self.unit is SECONDS else COST_ESTIMATE_COLUMN]
         self.runs: dict[str, RecordedRun] = {}
-        for row in held_out.itertuples(index=False):
+        self.has_curves = False  # any run recorded per-epoch results
+        for row, cost in zip(held_out.itertuples(index=False), costs, strict=True):
             final = self.worst if pd.isna(row.accuracy) else float(row.accuracy)
-            self.runs[str(row.run_id)] = _recorded_run(json.loads(row.curve_json), final, self.worst,
-                                                       row.cost_seconds)
+            curve = json.loads(row.curve_json)
+            self.has_curves |= bool(curve)
+            self.runs[str(row.run_id)] = _recorded_run(curve, final, self.worst, cost, self.unit)
 
     @property
     def max_epochs(self) -> int:
         return max(run.n_epochs for run in self.runs.values())
 
     def median_cost(self) -> float:
-        return float(np.median([run.cost_seconds for run in self.runs.values()]))
+        """The median run's cost, in ``unit``."""
+        return float(np.median([run.cost for run in self.runs.values()]))
+
+    def time_limit(self, budget: SearchBudget) -> float | None:
+        """The budget's time limit in simulated seconds; refused where the runs record no seconds."""
+        if self.unit is not SECONDS and (budget.time_s is not None or budget.time_runs is not None):
+            raise ConfigError(f"the runs of {self.dataset!r} record no training time (only a compute estimate, "
+                              f"{COST_ESTIMATE_COLUMN}), so a time budget cannot be replayed: set "
+                              "budget.trials=N budget.time_s=null budget.time_runs=null")
+        return budget.time_limit(self.median_cost())
 
 
-def _recorded_run(curve: list[dict[str, Any]], final: float, worst: float, cost_seconds: Any) -> RecordedRun:
-    """The run's per-epoch values and seconds; the epochs' seconds are scaled to sum to the recorded
-    cost (a metallmix run's cost includes evaluation and set-up that its epoch timings leave out)."""
+def _recorded_run(curve: list[dict[str, Any]], final: float, worst: float, cost: Any, unit: CostUnit) -> RecordedRun:
+    """The run's per-epoch values and costs.
+
+    In seconds, the epochs' recorded seconds are scaled to sum to the recorded cost (a metallmix run's
+    cost includes evaluation and set-up that its epoch timings leave out); a compute estimate has no
+    per-epoch part and is spread evenly over the epochs. A run without a curve is one step at its
+    recorded accuracy; a failed run (a curve without a value) one step at the dataset's worst.
+    """
     values = [_finite_or_none(e.get("val_accuracy")) for e in curve]
-    seconds = [next((float(e[k]) for k in EPOCH_SECONDS_KEYS if _finite_or_none(e.get(k)) is not None), 0.0)
-               for e in curve]
-    cost = _finite_or_none(cost_seconds)
-    if not curve or all(v is None for v in values):  # failed run: one epoch at the worst accuracy
-        return RecordedRun([worst], [cost if cost is not None else sum(seconds)], final)
-    if cost is not None:
-        total = sum(seconds)
-        seconds = [s * cost / total for s in seconds] if total > 0 else [cost / len(seconds)] * len(seconds)
+    if unit is SECONDS:
+        costs = [next((float(e[k]) for k in EPOCH_SECONDS_KEYS if _finite_or_none(e.get(k)) is not None), 0.0)
+                 for e in curve]
+    else:
+        costs = [0.0] * len(curve)
+    total = _finite_or_none(cost)
+    if not curve:  # final results only; ``final`` is the worst accuracy for a run that failed
+        return RecordedRun([final], [total if total is not None else 0.0], final, unit)
+    if all(v is None for v in values):  # failed run: one epoch at the worst accuracy
+        return RecordedRun([worst], [total if total is not None else sum(costs)], final, unit)
+    if total is not None:
+        recorded = sum(costs)
+        costs = [c * total / recorded for c in costs] if recorded > 0 else [total / len(costs)] * len(costs)
     running = worst
     filled = []
     for v in values:  # an epoch without a value repeats the previous one
         running = running if v is None else v
         filled.append(running)
-    return RecordedRun(filled, seconds, final)
+    return RecordedRun(filled, costs, final, unit)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -141,7 +191,7 @@ class TrialRecord:
     config_id: str
     recorded_accuracy: float | None = None  # of the run, once it ran to its end
     epochs: int = 0
-    seconds: float = 0.0
+    cost: float = 0.0  # in the search's cost unit
     best_val: float = -math.inf
     completed: bool = False  # ran to its end
 
@@ -155,17 +205,25 @@ class TrialRecord:
 @dataclass
 class SearchOutcome:
     trials: list[TrialRecord]
-    trajectory: list[dict[str, float]]  # incumbent accuracy each time it changed, at cumulative training time
-    training_seconds: float
+    trajectory: list[dict[str, float]]  # incumbent accuracy each time it changed, at cumulative cost (unit.point)
+    training_cost: float  # every trial's cost, in ``unit``
     incumbent: str | None  # config id of the best trial
     accuracy: float | None
+    unit: CostUnit = SECONDS
+
+    @property
+    def training_seconds(self) -> float | None:
+        """The search's training time; None where its cost is not counted in seconds."""
+        return self.training_cost if self.unit is SECONDS else None
 
 
 class SearchTracker:
     """Every epoch of every trial, in the order they happened: the incumbent (the trial with the best
-    validation accuracy, earliest on ties) and its accuracy over cumulative training time."""
+    validation accuracy, earliest on ties) and its accuracy over the cumulative training cost (``unit``:
+    seconds, or a compute estimate in replay of a knowledge base without times)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: CostUnit = SECONDS) -> None:
+        self.unit = unit
         self.records: dict[str, TrialRecord] = {}
         self.clock = 0.0
         self.trajectory: list[dict[str, float]] = []
@@ -174,11 +232,11 @@ class SearchTracker:
         self.records[trial_id] = TrialRecord(config_id, recorded_accuracy)
         return self.records[trial_id]
 
-    def epoch(self, trial_id: str, val_accuracy: float, seconds: float, *, completed: bool = False,
+    def epoch(self, trial_id: str, val_accuracy: float, cost: float, *, completed: bool = False,
               final_accuracy: float | None = None) -> None:
         record = self.records[trial_id]
-        self.clock += seconds
-        record.seconds += seconds
+        self.clock += cost
+        record.cost += cost
         record.epochs += 1
         record.best_val = max(record.best_val, val_accuracy)
         record.completed = completed
@@ -186,7 +244,7 @@ class SearchTracker:
             record.recorded_accuracy = final_accuracy
         accuracy = self.incumbent().accuracy
         if not self.trajectory or self.trajectory[-1]["accuracy"] != accuracy:
-            self.trajectory.append({"time_seconds": self.clock, "accuracy": accuracy})
+            self.trajectory.append({self.unit.point: self.clock, "accuracy": accuracy})
 
     def incumbent(self) -> TrialRecord:
         return max(self.records.values(), key=lambda r: r.best_val)  # max keeps the first of equals
@@ -194,8 +252,8 @@ class SearchTracker:
     def outcome(self) -> SearchOutcome:
         best = self.incumbent() if self.records else None
         return SearchOutcome(trials=list(self.records.values()), trajectory=self.trajectory,
-                             training_seconds=self.clock, incumbent=best.config_id if best else None,
-                             accuracy=best.accuracy if best else None)
+                             training_cost=self.clock, incumbent=best.config_id if best else None,
+                             accuracy=best.accuracy if best else None, unit=self.unit)
 
 
 class _Controller:
@@ -223,9 +281,9 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
     from ray.tune.search import Searcher
 
     controller = _Controller(searcher)
-    tracker = SearchTracker()
+    tracker = SearchTracker(outcomes.unit)
     search_finished = False
-    time_limit = budget.time_limit(outcomes.median_cost())
+    time_limit = outcomes.time_limit(budget)
 
     def budget_left() -> bool:
         return time_limit is None or tracker.clock < time_limit
@@ -264,9 +322,9 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
         run = outcomes.runs[record.config_id]
         while budget_left():
             value = run.val_accuracy[record.epochs]
-            tracker.epoch(trial.trial_id, value, run.epoch_seconds[record.epochs],
+            tracker.epoch(trial.trial_id, value, run.epoch_costs[record.epochs],
                           completed=record.epochs + 1 >= run.n_epochs)
-            result = _result(record, trial, value)
+            result = _result(record, trial, value, outcomes.unit)
             decision = scheduler.on_trial_result(controller, trial, result)
             if decision != TrialScheduler.STOP:  # Tune's order: scheduler first, searcher unless stopped
                 searcher.on_trial_result(trial.trial_id, result)
@@ -283,11 +341,13 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
     return tracker.outcome()
 
 
-def _result(record: TrialRecord, trial: Any, value: float) -> dict[str, Any]:
+def _result(record: TrialRecord, trial: Any, value: float, unit: CostUnit) -> dict[str, Any]:
+    """The result Tune's searcher and scheduler see; ``time_total_s`` only where the cost is seconds."""
+    time_total = {"time_total_s": record.cost} if unit is SECONDS else {}
     return {
         METRIC: value,
         TIME_ATTR: record.epochs,
-        "time_total_s": record.seconds,
+        **time_total,
         "trial_id": trial.trial_id,
         "config": trial.config,
     }

@@ -17,6 +17,12 @@ dataset in the folder (regret 0 when best == worst). A result that carries its o
 
 Means are taken over seeds within a dataset first, then over datasets, so every dataset weighs the
 same. Command line: ``python -m metallmix.bench.report MULTIRUN_DIR [--out DIR] [--mode MODE]``.
+
+Training cost is in seconds, or, for results replayed on a knowledge base that records no training
+time (MedMNIST+), in estimated FLOP (``metallmix.bench.CostUnit``): the table, the targets and the
+plots then show compute, every figure labelled "(est.)", never a duration. A folder holds one of the
+two. A job whose method did not apply (``skipped`` in its result: ASHA and BOHB without learning
+curves) is shown as "n/a" in its column, with the reason under the table; it counts in no mean.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from metallmix.bench import FORMAT_VERSION, RESULT_FILE
+from metallmix.bench import COST_UNITS, FLOPS_ESTIMATE, FORMAT_VERSION, RESULT_FILE, SECONDS, CostUnit
 from metallmix.errors import ConfigError, DataError, MetallmixError
 from metallmix.evaluate import normalized_regret
+from metallmix.formatting import format_flops
 from metallmix.metadataset.store import atomic_write
 
 MODES = ("replay", "train")
@@ -46,10 +53,10 @@ REQUIRED_KEYS = (
     "time_to_within_1pct_seconds", "n_trials", "trajectory", "trials", "wall_seconds", "fit_seconds",
 )
 REQUIRED_NESTED_KEYS = {"budget": ("trials", "time_s"), "reference": ("best_accuracy", "worst_accuracy")}
-METHOD_ORDER = ("zeroshot", "zeroshot_llm", "hybrid", "random", "tpe", "asha", "bohb")
+METHOD_ORDER = ("zeroshot", "zeroshot_llm", "portfolio", "hybrid", "random", "tpe", "asha", "bohb")
 BASELINES = ("random", "tpe", "asha", "bohb")
-MEAN_COLUMNS = ("accuracy", "training_seconds", "recommendation_seconds", "normalized_regret", "n_trials",
-                "time_to_within_1pct_seconds")
+MEAN_COLUMNS = ("accuracy", "training_cost", "recommendation_seconds", "normalized_regret", "n_trials", "within_cost")
+NOT_APPLICABLE = "n/a"
 REPORT_NAME = "report.md"
 REGRET_PLOT_NAME = "regret_vs_time.png"
 ACCURACY_PLOT_NAME = "accuracy_vs_training_time.png"
@@ -63,8 +70,10 @@ def load_results(folder: str | Path, mode: str | None = None) -> pd.DataFrame:
     """One row per ``bench_result.json`` below ``folder``, with a ``path`` column and regrets filled in.
 
     ``mode`` keeps only the results of that mode; without it the folder must hold a single mode.
-    Two columns are added: ``regret_best`` and ``regret_worst``, the accuracies the row's regret
-    is normalised by (its reference in replay mode, the dataset's pool in train mode).
+    Columns are added: ``regret_best`` and ``regret_worst``, the accuracies the row's regret is
+    normalised by (its reference in replay mode, the dataset's pool in train mode); ``skipped`` (why
+    the method did not apply, else None); ``cost_unit`` (a ``CostUnit`` name) and the training cost
+    in it, ``training_cost`` and ``within_cost`` (to within 1 point of the final accuracy).
     """
     if mode is not None and mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -77,7 +86,7 @@ def load_results(folder: str | Path, mode: str | None = None) -> pd.DataFrame:
         raise DataError(f"no {RESULT_FILE} files below {root}; pass the output folder of a "
                         f"`python -m metallmix.bench -m ...` multirun (each job folder holds one {RESULT_FILE})")
     results = pd.DataFrame([read_result(path) for path in paths])
-    return with_regret(select_mode(results, mode, root))
+    return with_regret(with_costs(select_mode(results, mode, root), root))
 
 
 def read_result(path: Path) -> dict[str, Any]:
@@ -118,16 +127,64 @@ def select_mode(results: pd.DataFrame, mode: str | None, root: Path) -> pd.DataF
     return selected.reset_index(drop=True)
 
 
+def with_costs(results: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Add ``skipped``, ``cost_unit``, ``training_cost`` and ``within_cost`` (see ``load_results``).
+
+    A result's cost is in estimated FLOP when it holds ``training_compute_flops_estimate``, else in
+    seconds (results written before the estimate fields existed are in seconds). The results that ran
+    must share one unit: seconds and estimated FLOP cannot share a table or an axis.
+    """
+    results = results.copy()
+    skipped = results["skipped"] if "skipped" in results else pd.Series(None, index=results.index, dtype=object)
+    results["skipped"] = skipped.astype(object).where(skipped.notna(), None)
+    applied = results["skipped"].isna()
+    if not applied.any():
+        reasons = "; ".join(sorted(set(results["skipped"])))
+        raise DataError(f"every result below {root} was skipped ({reasons}); there is nothing to report")
+    flops = FLOPS_ESTIMATE.total
+    estimated = results[flops].notna() if flops in results else pd.Series(False, index=results.index)
+    results["cost_unit"] = pd.Series(np.where(estimated, FLOPS_ESTIMATE.name, SECONDS.name),
+                                     index=results.index, dtype=object).where(applied, None)
+    counts = results.loc[applied, "cost_unit"].value_counts()
+    if len(counts) > 1:
+        found = ", ".join(f"{name} ({n} files)" for name, n in counts.items())
+        raise DataError(f"{root} mixes results whose training cost is in different units: {found} (a knowledge "
+                        "base without training times is replayed on compute estimates); report them apart, "
+                        "one multirun folder each")
+    unit = next(u for u in COST_UNITS if u.name == counts.index[0])
+    results["training_cost"] = pd.to_numeric(results[unit.total]).where(applied)
+    results["within_cost"] = pd.to_numeric(results[unit.within]).where(applied)
+    return results
+
+
+def cost_unit(results: pd.DataFrame) -> CostUnit:
+    """The one cost unit of the results that ran (``with_costs`` checked there is one)."""
+    name = ran(results)["cost_unit"].iloc[0]
+    return next(unit for unit in COST_UNITS if unit.name == name)
+
+
+def ran(results: pd.DataFrame) -> pd.DataFrame:
+    """The results whose method applied (not ``skipped``)."""
+    return results[results["skipped"].isna()]
+
+
+def not_applicable(results: pd.DataFrame) -> dict[str, list[str]]:
+    """Why methods were skipped: reason -> the methods skipped for it."""
+    skipped = results[results["skipped"].notna()]
+    return {reason: ordered_methods(group["method"]) for reason, group in skipped.groupby("skipped")}
+
+
 def with_regret(results: pd.DataFrame) -> pd.DataFrame:
     """Fill null regrets from the dataset's accuracy pool and add the normalising best/worst columns."""
     results = results.copy()
-    pool_best, pool_worst = accuracy_pools(results)
+    pool_best, pool_worst = accuracy_pools(ran(results))
     reference_best = pd.to_numeric(results["reference"].map(lambda ref: ref["best_accuracy"]))
     reference_worst = pd.to_numeric(results["reference"].map(lambda ref: ref["worst_accuracy"]))
     results["regret_best"] = reference_best.fillna(results["dataset"].map(pool_best))
     results["regret_worst"] = reference_worst.fillna(results["dataset"].map(pool_worst))
-    computed = [normalized_regret(acc, best, worst) for acc, best, worst
-                in zip(results["accuracy"], results["regret_best"], results["regret_worst"], strict=True)]
+    computed = [None if skipped else normalized_regret(acc, best, worst) for acc, best, worst, skipped
+                in zip(results["accuracy"], results["regret_best"], results["regret_worst"], results["skipped"],
+                       strict=True)]
     own = pd.to_numeric(results["normalized_regret"])
     results["normalized_regret"] = own.fillna(pd.Series(computed, index=results.index))
     return results
@@ -184,6 +241,18 @@ def human_duration(seconds: float | None) -> str:
     return f"{minutes / 60:.1f} h"
 
 
+def format_cost(value: float | None, unit: CostUnit) -> str:
+    """A training cost as shown: a duration, or an estimated compute labelled "(est.)"; "–" when unknown."""
+    if unit is SECONDS:
+        return human_duration(value)
+    return "–" if value is None or math.isnan(value) else format_flops(value)
+
+
+def cost_label(unit: CostUnit) -> str:
+    """What the training cost is called in the table and the targets."""
+    return "training time" if unit is SECONDS else "training compute (est.)"
+
+
 def format_budget(budget: dict[str, Any]) -> str:
     parts = []
     if budget["trials"] is not None:
@@ -204,17 +273,21 @@ def distinct_budgets(results: pd.DataFrame) -> str:
 
 def legend(results: pd.DataFrame) -> str:
     """One line: what a cell shows and what the results were run under."""
+    unit = cost_unit(results)
     seeds = ", ".join(str(s) for s in sorted(results["seed"].unique()))
     meta_datasets = ", ".join(f"`{spec}`" for spec in sorted(results["meta_dataset"].unique()))
-    return (f"Cell: mean accuracy (%) over seeds {seeds} · training time · response time; best accuracy per "
-            f"dataset in **bold**. Mode: {results['mode'].iloc[0]}; budget: {distinct_budgets(results)}; "
-            f"meta-dataset: {meta_datasets}.")
+    estimate = ("" if unit is SECONDS else
+                " Training compute is the knowledge base's estimate in FLOP (it records no training time); "
+                "a search answers after its training, so its response time is unknown there (–).")
+    return (f"Cell: mean accuracy (%) over seeds {seeds} · {cost_label(unit)} · response time; best accuracy per "
+            f"dataset in **bold**. Mode: {results['mode'].iloc[0]}; budget: {distinct_budgets(ran(results))}; "
+            f"meta-dataset: {meta_datasets}.{estimate}")
 
 
-def format_cell(means: pd.Series, bold: bool) -> str:
+def format_cell(means: pd.Series, bold: bool, unit: CostUnit) -> str:
     accuracy = f"{means['accuracy'] * 100:.1f}"
     accuracy = f"**{accuracy}**" if bold else accuracy
-    return (f"{accuracy} · {human_duration(means['training_seconds'])} · "
+    return (f"{accuracy} · {format_cost(means['training_cost'], unit)} · "
             f"{human_duration(means['recommendation_seconds'])}")
 
 
@@ -222,33 +295,48 @@ def markdown_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def summary_rows(cells: pd.DataFrame, methods: list[str]) -> list[list[str]]:
+def summary_rows(cells: pd.DataFrame, methods: list[str], unit: CostUnit) -> list[list[str]]:
+    """Means over datasets per method; "n/a" for a method that ran on none (skipped everywhere)."""
     means = method_means(cells)
     best = winners(cells)
     n_datasets = len(best)
     won = {m: sum(m in methods_won for methods_won in best.values()) for m in methods}
+
+    def row(label: str, show: Any) -> list[str]:
+        return [label, *(show(m) if m in means.index else NOT_APPLICABLE for m in methods)]
+
+    label = cost_label(unit)
     return [
-        ["mean normalised regret", *(f"{means.loc[m, 'normalized_regret']:.3f}" for m in methods)],
-        ["datasets won", *(f"{won[m]} / {n_datasets}" for m in methods)],
-        ["mean training time", *(human_duration(means.loc[m, "training_seconds"]) for m in methods)],
-        ["mean response time", *(human_duration(means.loc[m, "recommendation_seconds"]) for m in methods)],
-        ["mean training time to within 1 point of the final accuracy",
-         *(human_duration(means.loc[m, "time_to_within_1pct_seconds"]) for m in methods)],
-        ["n trials (mean)", *(f"{means.loc[m, 'n_trials']:.1f}" for m in methods)],
+        row("mean normalised regret", lambda m: f"{means.loc[m, 'normalized_regret']:.3f}"),
+        row("datasets won", lambda m: f"{won[m]} / {n_datasets}"),
+        row(f"mean {label}", lambda m: format_cost(means.loc[m, "training_cost"], unit)),
+        row("mean response time", lambda m: human_duration(means.loc[m, "recommendation_seconds"])),
+        row(f"mean {label} to within 1 point of the final accuracy",
+            lambda m: format_cost(means.loc[m, "within_cost"], unit)),
+        row("n trials (mean)", lambda m: f"{means.loc[m, 'n_trials']:.1f}"),
     ]
 
 
 def results_table(results: pd.DataFrame) -> str:
-    """The legend line and the Markdown table: datasets x methods, then summary rows."""
-    cells = cell_means(results)
+    """The legend line and the Markdown table: datasets x methods, then summary rows; "n/a" where a
+    method did not apply, with the reasons under the table."""
+    cells = cell_means(ran(results))
+    unit = cost_unit(results)
     methods = ordered_methods(results["method"])
     best = winners(cells)
+    skipped = set(zip(results.loc[results["skipped"].notna(), "dataset"],
+                      results.loc[results["skipped"].notna(), "method"], strict=True))
     lines = [legend(results), "", markdown_row(["dataset", *methods]), markdown_row(["---"] + ["---:"] * len(methods))]
-    for dataset in sorted(best):
-        row = [format_cell(cells.loc[(dataset, m)], m in best[dataset]) if (dataset, m) in cells.index else "–"
-               for m in methods]
+    for dataset in sorted(results["dataset"].unique()):
+        row = [format_cell(cells.loc[(dataset, m)], m in best[dataset], unit) if (dataset, m) in cells.index
+               else NOT_APPLICABLE if (dataset, m) in skipped else "–" for m in methods]
         lines.append(markdown_row([dataset, *row]))
-    lines.extend(markdown_row(row) for row in summary_rows(cells, methods))
+    lines.extend(markdown_row(row) for row in summary_rows(cells, methods, unit))
+    reasons = not_applicable(results)
+    if reasons:
+        lines.append("")
+        lines.extend(f"{NOT_APPLICABLE}: {', '.join(names)} not applicable ({reason})."
+                     for reason, names in reasons.items())
     return "\n".join(lines)
 
 
@@ -261,23 +349,25 @@ def paired_means(cells: pd.DataFrame, method: str, other: str, column: str) -> t
     return float(table[method].mean()), float(table[other].mean()), len(table)
 
 
-def zero_shot_target(results: pd.DataFrame, cells: pd.DataFrame) -> str:
-    """Target 1: zeroshot's regret at most random's, with at most a tenth of random's training time."""
-    name = "zeroshot vs random: regret <= random's and training time <= 1/10 of random's"
+def zero_shot_target(results: pd.DataFrame, cells: pd.DataFrame, unit: CostUnit = SECONDS) -> str:
+    """Target 1: zeroshot's regret at most random's, with at most a tenth of random's training cost
+    (time, or the compute estimate where the results count no seconds)."""
+    name = f"zeroshot vs random: regret <= random's and {cost_label(unit)} <= 1/10 of random's"
+    noun = "training time" if unit is SECONDS else "training compute"  # its figures say "(est.)" themselves
     methods = set(results["method"])
     if not {"zeroshot", "random"} <= methods:
         return f"n/a {name} (needs results of zeroshot and random)"
     zs_regret, random_regret, n_datasets = paired_means(cells, "zeroshot", "random", "normalized_regret")
     if n_datasets == 0:
         return f"n/a {name} (zeroshot and random share no dataset)"
-    zs_time, random_time, _ = paired_means(cells, "zeroshot", "random", "training_seconds")
+    zs_time, random_time, _ = paired_means(cells, "zeroshot", "random", "training_cost")
     regret_ok = zs_regret <= random_regret
     time_ok = zs_time <= random_time / 10
     budget = distinct_budgets(results[results["method"] == "random"])
     return (f"{'PASS' if regret_ok and time_ok else 'FAIL'} {name} (random's budget: {budget}; "
             f"{n_datasets} datasets): regret {zs_regret:.3f} vs {random_regret:.3f} ({ok(regret_ok)}); "
-            f"training time {human_duration(zs_time)} vs 1/10 of {human_duration(random_time)} = "
-            f"{human_duration(random_time / 10)} ({ok(time_ok)})")
+            f"{noun} {format_cost(zs_time, unit)} vs 1/10 of {format_cost(random_time, unit)} = "
+            f"{format_cost(random_time / 10, unit)} ({ok(time_ok)})")
 
 
 def hybrid_target(results: pd.DataFrame, cells: pd.DataFrame) -> str:
@@ -302,9 +392,11 @@ def ok(condition: bool) -> str:
 
 
 def targets(results: pd.DataFrame) -> list[str]:
-    """The benchmark's targets, one line each, starting with PASS, FAIL or n/a."""
-    cells = cell_means(results)
-    lines = [zero_shot_target(results, cells), hybrid_target(results, cells)]
+    """The benchmark's targets, one line each, starting with PASS, FAIL or n/a; a method that did not
+    apply (skipped) counts as absent."""
+    applied = ran(results)
+    cells = cell_means(applied)
+    lines = [zero_shot_target(applied, cells, cost_unit(results)), hybrid_target(applied, cells)]
     if (results["mode"] == "train").all():
         lines.append(train_time_target(results))
     return lines
@@ -330,18 +422,19 @@ def is_zero_shot(results: pd.DataFrame, method: str) -> bool:
     return bool((results.loc[results["method"] == method, "n_trials"] == 0).all())
 
 
-def trajectory_points(row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Times and incumbent regrets of a result; its final accuracy at its training time if it has none."""
-    points = sorted(row["trajectory"], key=lambda point: point["time_seconds"]) or [
-        {"time_seconds": row["training_seconds"], "accuracy": row["accuracy"]}]
-    times = np.array([p["time_seconds"] for p in points], dtype=float)
+def trajectory_points(row: pd.Series, unit: CostUnit = SECONDS) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative costs (``unit``) and incumbent regrets of a result; its final accuracy at its training
+    cost if it has none."""
+    points = sorted(row["trajectory"], key=lambda point: point[unit.point]) or [
+        {unit.point: row[unit.total], "accuracy": row["accuracy"]}]
+    times = np.array([p[unit.point] for p in points], dtype=float)
     regrets = np.array([normalized_regret(p["accuracy"], row["regret_best"], row["regret_worst"]) for p in points])
     return times, regrets
 
 
-def incumbent_regret(row: pd.Series, grid: np.ndarray) -> np.ndarray:
-    """The incumbent's regret at each grid time: 1.0 (worst) before the first trajectory point."""
-    times, regrets = trajectory_points(row)
+def incumbent_regret(row: pd.Series, grid: np.ndarray, unit: CostUnit = SECONDS) -> np.ndarray:
+    """The incumbent's regret at each grid time (cost): 1.0 (worst) before the first trajectory point."""
+    times, regrets = trajectory_points(row, unit)
     position = np.searchsorted(times, grid, side="right") - 1
     return np.where(position >= 0, regrets[np.maximum(position, 0)], 1.0)
 
@@ -357,11 +450,12 @@ def save_figure(figure: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
-def new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
+def new_axes(title: str, ylabel: str, unit: CostUnit) -> tuple[Figure, Any]:
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
     axes.set_xscale("log")
-    axes.set_xlabel("cumulative training time (s, log scale)")
+    axes.set_xlabel("cumulative training time (s, log scale)" if unit is SECONDS
+                    else "cumulative training compute (FLOP, estimate, log scale)")
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
@@ -369,11 +463,14 @@ def new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
 
 
 def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
-    """PNG: per method, the mean incumbent regret over (dataset, seed) results against training time."""
-    trajectories = {index: trajectory_points(row) for index, row in results.iterrows()}
+    """PNG: per method, the mean incumbent regret over (dataset, seed) results against training cost
+    (time, or the compute estimate); methods that did not apply are left out."""
+    unit = cost_unit(results)
+    results = ran(results)
+    trajectories = {index: trajectory_points(row, unit) for index, row in results.iterrows()}
     all_times = np.concatenate([times for times, _ in trajectories.values()])
     end, floor = float(all_times.max()), positive_floor(all_times)
-    figure, axes = new_axes("Normalised regret of the incumbent", "mean normalised regret")
+    figure, axes = new_axes("Normalised regret of the incumbent", "mean normalised regret", unit)
     for number, method in enumerate(ordered_methods(results["method"])):
         rows = results[results["method"] == method]
         style = {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method}
@@ -384,7 +481,7 @@ def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
             axes.hlines(point_regret, max(point_time, floor), max(end, point_time, floor), colors=style["color"])
         else:
             grid = np.unique(np.concatenate([[0.0, end], *(trajectories[i][0] for i in rows.index)]))
-            mean_regret = np.mean([incumbent_regret(row, grid) for _, row in rows.iterrows()], axis=0)
+            mean_regret = np.mean([incumbent_regret(row, grid, unit) for _, row in rows.iterrows()], axis=0)
             axes.plot(np.maximum(grid, floor), mean_regret, drawstyle="steps-post", markevery=[-1], **style)
     axes.legend()
     target = Path(path)
@@ -393,13 +490,17 @@ def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_accuracy_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
-    """PNG scatter: mean accuracy against mean training time, one point per (dataset, method)."""
+    """PNG scatter: mean accuracy against mean training cost (time, or the compute estimate), one point per
+    (dataset, method); methods that did not apply are left out."""
+    unit = cost_unit(results)
+    results = ran(results)
     cells = cell_means(results)
-    floor = positive_floor(cells["training_seconds"])
-    figure, axes = new_axes("Accuracy against training time (mean over seeds per dataset)", "accuracy (%)")
+    floor = positive_floor(cells["training_cost"])
+    what = "training time" if unit is SECONDS else "estimated training compute"
+    figure, axes = new_axes(f"Accuracy against {what} (mean over seeds per dataset)", "accuracy (%)", unit)
     for number, method in enumerate(ordered_methods(results["method"])):
         points = cells.xs(method, level="method")
-        axes.scatter(np.maximum(points["training_seconds"], floor), points["accuracy"] * 100,
+        axes.scatter(np.maximum(points["training_cost"], floor), points["accuracy"] * 100,
                      marker=MARKERS[number % len(MARKERS)], color=f"C{number % 10}", label=method)
     axes.legend()
     target = Path(path)
@@ -415,8 +516,10 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def report_markdown(folder: Path, results: pd.DataFrame, table: str, target_lines: list[str]) -> str:
+    n_skipped = int(results["skipped"].notna().sum())
     shape = (f"{len(results)} results: {results['method'].nunique()} methods x "
-             f"{results['dataset'].nunique()} datasets x {results['seed'].nunique()} seeds")
+             f"{results['dataset'].nunique()} datasets x {results['seed'].nunique()} seeds"
+             + (f"; {n_skipped} of them not applicable" if n_skipped else ""))
     return "\n".join([
         "# Benchmark report", "", f"Results below `{folder}` ({shape}).", "", table, "",
         "## Targets", "", *(f"- {line}" for line in target_lines), "",

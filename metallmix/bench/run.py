@@ -9,6 +9,9 @@ Methods:
 
 - ``zeroshot``: the meta-learner's top-scored candidate, trained once; no search.
 - ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm_engine=...``).
+- ``portfolio``: the configuration best on average over the training datasets
+  (``metallmix.evaluate.portfolio_pick``: accuracy min-max normalised within each dataset), trained
+  once; no search, and nothing learnt from meta-features.
 - ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
   default configuration of the search space (``default_configs``) evaluated first.
 - ``hybrid``: TPE seeded with the zero-shot top ``hybrid.seed_points`` candidates.
@@ -25,6 +28,15 @@ meta-features + prediction for zero-shot, plus the LLM's latency for zeroshot_ll
 training time for HPO), training_seconds (every trial's training time; the pick's one run for
 zero-shot), time_to_within_1pct_seconds (training time until the incumbent came within 0.01 of its
 final accuracy), n_trials, the incumbent trajectory and every trial.
+
+A knowledge base that records no training time (MedMNIST+) is replayed on its compute estimates
+(``metallmix.bench.CostUnit``): its results hold training_compute_flops_estimate and
+compute_to_within_1pct_flops_estimate (estimated FLOP), trajectory points and trials carry
+``compute_flops_estimate`` instead of seconds, and training_seconds, time_to_within_1pct_seconds and a
+search's recommendation_seconds (its training time) are null. Every result has all four cost fields,
+those of the other unit null. Where the held-out dataset's runs have no learning curves, ASHA and
+BOHB have no epochs to stop or pause: their jobs write a result whose ``skipped`` says so (accuracy
+null, no trials) instead of failing, and the report lists them as not applicable.
 """
 
 from __future__ import annotations
@@ -38,17 +50,18 @@ from typing import Any
 
 import pandas as pd
 
-from metallmix.bench import FORMAT_VERSION, RESULT_FILE
+from metallmix.bench import COST_UNITS, FORMAT_VERSION, RESULT_FILE, SECONDS, CostUnit
 from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome, simulate_search
-from metallmix.bench.search import HPO_METHODS, build_search
+from metallmix.bench.search import CURVE_METHODS, HPO_METHODS, build_search
 from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError
-from metallmix.evaluate import normalized_regret
+from metallmix.evaluate import normalized_regret, portfolio_pick
+from metallmix.formatting import format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns
 from metallmix.metadataset.store import atomic_write
 
-ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm")
+ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm", "portfolio")  # no trial before the answer; one trained model
 METHODS = ZERO_SHOT_METHODS + HPO_METHODS
 META_LEARNED_METHODS = ("zeroshot", "zeroshot_llm", "hybrid")  # fit on the meta-dataset first
 MODES = ("replay", "train")
@@ -123,6 +136,16 @@ def fitted_without(kind: str, build: Callable[[], Any], spec: str, held_out: str
     return _FITTED[key]
 
 
+def portfolio_choice(spec: str, held_out: str, meta_features: dict[str, float],
+                     candidates: pd.DataFrame) -> tuple[str, float]:
+    """The portfolio's candidate (``evaluate.portfolio_pick`` on the meta-dataset without ``held_out``
+    and its derived datasets) and the seconds it took to rank the training configurations and pick."""
+    train_df = without_dataset(meta_dataset(spec), held_out)
+    started = time.perf_counter()
+    pick = portfolio_pick(train_df, meta_features, candidates)
+    return str(pick), time.perf_counter() - started
+
+
 def zero_shot_ranking(spec: str, held_out: str, meta_features: dict[str, float], candidates: pd.DataFrame,
                       params: Mapping[str, Any]) -> tuple[list[str], float, float]:
     """Candidate ids, best score first; prediction seconds; the (offline) fit's seconds."""
@@ -146,24 +169,36 @@ def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ran
     return [space.point_of(space.nearest(dict(default)))] if default else []
 
 
-def within_seconds(trajectory: list[dict[str, float]], final: float | None) -> float | None:
-    """Training time at which the incumbent first came within ``WITHIN`` of its final accuracy."""
+def within_cost(trajectory: list[dict[str, float]], final: float | None, unit: CostUnit = SECONDS) -> float | None:
+    """Training cost (``unit``) at which the incumbent first came within ``WITHIN`` of its final accuracy."""
     if final is None:
         return None
-    return next((p["time_seconds"] for p in trajectory if p["accuracy"] >= final - WITHIN), None)
+    return next((p[unit.point] for p in trajectory if p["accuracy"] >= final - WITHIN), None)
+
+
+def cost_fields(unit: CostUnit, total: float | None, within: float | None) -> dict[str, float | None]:
+    """Every unit's total and within-1-point fields: ``unit``'s hold the costs, the others are null."""
+    fields = {name: None for other in COST_UNITS for name in (other.total, other.within)}
+    return {**fields, unit.total: total, unit.within: within}
 
 
 def search_document(outcome: SearchOutcome, space: CandidateSpace) -> dict[str, Any]:
+    unit = outcome.unit
     return {
         "accuracy": outcome.accuracy,
         "best_config": space.config_of(outcome.incumbent) if outcome.incumbent is not None else None,
-        "training_seconds": outcome.training_seconds,
-        "time_to_within_1pct_seconds": within_seconds(outcome.trajectory, outcome.accuracy),
+        **cost_fields(unit, outcome.training_cost, within_cost(outcome.trajectory, outcome.accuracy, unit)),
         "n_trials": len(outcome.trials),
         "trajectory": outcome.trajectory,
-        "trials": [{"config_id": t.config_id, "accuracy": t.accuracy, "epochs": t.epochs, "seconds": t.seconds}
+        "trials": [{"config_id": t.config_id, "accuracy": t.accuracy, "epochs": t.epochs, unit.trial: t.cost}
                    for t in outcome.trials],
     }
+
+
+def skipped_document(reason: str) -> dict[str, Any]:
+    """The result of a job whose method does not apply: every field present, nothing measured."""
+    return {"skipped": reason, "accuracy": None, "best_config": None, **cost_fields(SECONDS, None, None),
+            "n_trials": 0, "trajectory": [], "trials": [], "recommendation_seconds": None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +216,12 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     if without_dataset(df, dataset).empty:
         raise DataError(f"{spec} holds no dataset besides {dataset!r}: nothing to learn from")
     outcomes = RecordedOutcomes(held_out)
+    outcomes.time_limit(budget)  # a time budget on runs without recorded times is refused before any work
+    reference = {"best_accuracy": outcomes.best, "worst_accuracy": outcomes.worst}
+    if method in CURVE_METHODS and not outcomes.has_curves:
+        reason = f"no learning curves in {spec}: ASHA and BOHB need per-epoch results to stop or pause a run"
+        return {"dataset": dataset, **skipped_document(reason), "normalized_regret": None, "reference": reference,
+                "fit_seconds": None}
     candidates = held_out.set_index("run_id")[config_columns(held_out)]
     space = CandidateSpace(candidates)
     meta_features = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
@@ -198,16 +239,17 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
             from metallmix.bench.llm import llm_pick
 
             pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, dataset, meta_features, candidates)
+        elif method == "portfolio":
+            pick, predict_seconds = portfolio_choice(spec, dataset, meta_features, candidates)
         else:
             pick = ranking[0]
         run = outcomes.runs[pick]
         document = {
             "accuracy": run.accuracy,
             "best_config": space.config_of(pick),
-            "training_seconds": run.cost_seconds,
-            "time_to_within_1pct_seconds": run.cost_seconds,
+            **cost_fields(outcomes.unit, run.cost, run.cost),
             "n_trials": 0,
-            "trajectory": [{"time_seconds": run.cost_seconds, "accuracy": run.accuracy}],
+            "trajectory": [{outcomes.unit.point: run.cost, "accuracy": run.accuracy}],
             "trials": [],
             "recommendation_seconds": predict_seconds,
             **extra,
@@ -216,13 +258,14 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         points = first_points(cfg, method, space, ranking, str(held_out["search_space"].iloc[0]))
         searcher, scheduler = build_search(method, space, seed=seed, first_points=points, max_epochs=outcomes.max_epochs)
         outcome = simulate_search(searcher, scheduler, outcomes, budget)
+        training = outcome.training_seconds  # a search answers after its training; unknown without recorded times
         document = {**search_document(outcome, space),
-                    "recommendation_seconds": predict_seconds + outcome.training_seconds}
+                    "recommendation_seconds": predict_seconds + training if training is not None else None}
     return {
         "dataset": dataset,
         **document,
         "normalized_regret": _regret(document["accuracy"], outcomes.best, outcomes.worst),
-        "reference": {"best_accuracy": outcomes.best, "worst_accuracy": outcomes.worst},
+        "reference": reference,
         "fit_seconds": fit_seconds if method in META_LEARNED_METHODS else None,
     }
 
@@ -233,6 +276,19 @@ def _regret(accuracy: float | None, best: float, worst: float) -> float | None:
 
 # --------------------------------------------------------------------------------------------------
 # the Hydra app
+
+
+def summary_line(document: dict[str, Any]) -> str:
+    """What a job printed: accuracy, regret, training cost (seconds or the estimate, labelled) and trials."""
+    if document.get("skipped"):
+        return f"skipped: {document['skipped']}"
+    regret = document.get("normalized_regret")
+    if document.get("training_compute_flops_estimate") is not None:
+        training = f"training compute {format_flops(document['training_compute_flops_estimate'])}"
+    else:
+        training = f"training {document['training_seconds']:.0f} s"
+    return (f"accuracy {document['accuracy']:.4f}" + (f", regret {regret:.3f}" if regret is not None else "")
+            + f", {training}, {document['n_trials']} trials")
 
 
 def write_result(document: dict[str, Any], folder: str) -> str:
@@ -253,11 +309,7 @@ def main() -> None:
     def _app(cfg) -> None:
         document = run_benchmark(OmegaConf.to_container(cfg, resolve=True))
         path = write_result(document, HydraConfig.get().runtime.output_dir)
-        regret = document.get("normalized_regret")
         print(f"{document['mode']} {document['method']:>12} {document['dataset']} seed {document['seed']}: "
-              f"accuracy {document['accuracy']:.4f}"
-              + (f", regret {regret:.3f}" if regret is not None else "")
-              + f", training {document['training_seconds']:.0f} s, {document['n_trials']} trials -> {path}",
-              flush=True)
+              f"{summary_line(document)} -> {path}", flush=True)
 
     _app()

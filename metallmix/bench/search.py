@@ -31,6 +31,7 @@ MODE = "max"
 TIME_ATTR = "training_iteration"  # one iteration = one epoch
 REDUCTION_FACTOR = 3
 HPO_METHODS = ("random", "tpe", "asha", "bohb", "hybrid")
+CURVE_METHODS = ("asha", "bohb")  # their schedulers stop or pause trials between epochs: they need learning curves
 
 
 class RandomSearcher(Searcher):

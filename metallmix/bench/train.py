@@ -2,7 +2,7 @@
 
 The held-out dataset is loaded (a conf/dataset name, a MedMNIST ``.npz`` file, an image folder or a
 registered MedMNIST name) and its meta-features computed; the search space is the grid of the
-``space`` config group (``conf/space/*.yaml``). Zero-shot methods train their one pick, the HPO
+``space`` config group (``conf/space/*.yaml``). Zero-shot methods (the portfolio too) train their one pick, the HPO
 methods search with the same Tune searchers and schedulers as replay mode, one trial at a time,
 inside ``Tuner.fit``. The trainable reports validation accuracy after every epoch (so ASHA and BOHB
 can stop or pause it) and the test accuracy with its last epoch. A trial BOHB pauses restarts from
@@ -96,8 +96,8 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points, search_document,
-                                      zero_shot_ranking)
+    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points, portfolio_choice,
+                                      search_document, zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
     from metallmix.training import check_weights_available
 
@@ -128,6 +128,9 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
         else:
             ranking, predict_seconds, fit_seconds = zero_shot_ranking(str(cfg["meta_dataset"]), held_out_id,
                                                                       meta_features, candidates, cfg.get("learner") or {})
+    elif method == "portfolio":
+        pick, predict_seconds = portfolio_choice(str(cfg["meta_dataset"]), held_out_id, meta_features, candidates)
+        ranking = [pick]
     max_epochs = max(int(c["epochs"]) for c in configs.values())
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
