@@ -305,7 +305,7 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
             f"{p['p_fail']:>6.2f}  {'*' if item['pareto_optimal'] else ''}"
         )
     lines += ["", "Recommended config:"]
-    lines += [f"  {key} = {value}" for key, value in sorted(doc["config"].items())]
+    lines += [f"  {key} = {_setting(value)}" for key, value in sorted(doc["config"].items())]
     lines += ["", "Against the runners-up (SHAP gap of predicted accuracy, split over the settings that differ):"]
     for contrast in doc["evidence"]["contrast"]:
         lines.append(f"  vs #{contrast['rival_rank']} {contrast['rival_backbone'] or contrast['rival_id']}: {contrast['text']}")
@@ -420,6 +420,11 @@ def _param_count(text: str) -> float:
     scale = PARAM_SUFFIXES.get(text[-1:].lower(), 1.0) if text else 1.0
     number = text[:-1] if scale != 1.0 else text
     return _positive_float(number) * scale
+
+
+def _setting(value: Any) -> str:
+    """A config value as written in a config file: 64, not 64.0."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else str(value)
 
 
 def _budget(text: str) -> tuple[str, float]:

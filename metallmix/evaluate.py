@@ -1,6 +1,7 @@
 """Leave-one-dataset-out (LODO) evaluation of zero-shot picks, replayed on a recorded meta-dataset.
 
-For every dataset d of the meta-dataset: a pick function sees the runs of the *other* datasets, d's
+For every dataset d of the meta-dataset: a pick function sees the runs of the *other* datasets (without
+d's family: its parent, its derived datasets, its other sizes; ``metadataset.schema.without_family``), d's
 meta-features and d's evaluated configurations (cfg_ columns only: no accuracy, status or cost),
 and names one of them; the pick is scored by its recorded accuracy as the normalised regret
 
@@ -57,6 +58,7 @@ from metallmix.metadataset.schema import (
     row_config,
     row_meta_features,
     validate_rows,
+    without_family,
 )
 from metallmix.metalearner import INTERVAL_COVERAGE, MetaLearner, config_id, portfolio_scores
 
@@ -260,7 +262,7 @@ def evaluate_lodo(
     entries = []
     for dataset in targets:
         held_out = df[df["dataset_id"] == dataset]
-        train_df = df[df["dataset_id"] != dataset]
+        train_df = without_family(df, dataset)
         runs = held_out.set_index("run_id")
         accuracy = _replay_accuracy(held_out, dataset)
         best, worst = float(accuracy.max()), float(accuracy.min())
@@ -364,7 +366,7 @@ def evaluate_stability(
     for draw in range(n_draws):
         for j, dataset in enumerate(datasets):
             others = [d for d in datasets if d != dataset]
-            pool = set(rng.choice(others, size=size, replace=False))
+            pool = set(rng.choice(others, size=size, replace=False)) & set(without_family(df, dataset)["dataset_id"])
             held_out = df[df["dataset_id"] == dataset]
             runs = held_out.set_index("run_id")
             accuracy = _replay_accuracy(held_out, dataset)

@@ -26,6 +26,7 @@ import pandas as pd
 import shap
 import xgboost as xgb
 
+from metallmix.data.descriptors import DESCRIPTOR_FEATURES
 from metallmix.errors import ConfigError
 from metallmix.metadataset.schema import CFG_PREFIX, MF_PREFIX
 
@@ -48,11 +49,17 @@ def readable_feature(name: str) -> str:
 def display_feature(name: str, value: Any) -> str:
     """How a feature and its value read in a sentence, following the meta-learner's encoding.
 
-    One-hot columns ``cfg_<name>=<level>`` read "model is vit" (1) or "model is not vit" (0);
+    One-hot columns ``cfg_<name>=<level>`` read "model is vit" (1) or "model is not vit" (0), and so do
+    the modality and task meta-features ("modality is ultrasound");
     log-encoded ``cfg_<name>_log10`` columns read "lr = 0.001"; others "n_classes = 40".
     """
     short = readable_feature(name)
     missing = value is None or (isinstance(value, (float, np.floating)) and np.isnan(value))
+    if short in DESCRIPTOR_FEATURES:  # the 0/1 modality and task features of metallmix.data.descriptors
+        group, _, level = short.partition("_")
+        if missing:
+            return f"{group} unknown"
+        return f"{group} is {level}" if float(value) >= 0.5 else f"{group} is not {level}"
     if name.startswith(CFG_PREFIX) and "=" in short:
         column, _, level = short.partition("=")
         if missing:

@@ -210,3 +210,29 @@ def test_stability_draws_subsets_of_the_other_datasets():
     assert result["mean_regret"] == pytest.approx(np.mean(means))
     with pytest.raises(ConfigError, match="subset_size must lie in"):
         evaluate_stability(four_datasets(), n_draws=1, subset_size=4)
+
+
+def test_the_held_out_family_is_left_out_of_training():
+    from metallmix.metadataset.schema import dataset_family, without_family
+
+    rows = []
+    for dataset, parent in (("breastmnist", None), ("breastmnist@64", None), ("breastmnist~n200-s0", "breastmnist"),
+                            ("retinamnist", None), ("retinamnist@128", None), ("generated-c4", None)):
+        for k in range(3):
+            rows.append(make_row(dataset_id=dataset, dataset_kind="medmnist", dataset_parent=parent,
+                                 meta_features={"n_classes": 2.0 + len(dataset) % 3}, config={"model": f"m{k}"}, seed=0,
+                                 search_space="test", status="ok", accuracy=0.5 + 0.1 * k, cost_seconds=1.0, n_epochs=1,
+                                 curve=[], metrics={}, provenance={}, run_id=f"{dataset}-{k}"))
+    table = pd.DataFrame(rows)
+    assert dataset_family("breastmnist@64") == "breastmnist" and dataset_family("x~y", "breastmnist") == "breastmnist"
+    assert set(without_family(table, "breastmnist@64")["dataset_id"]) == {"retinamnist", "retinamnist@128", "generated-c4"}
+    assert set(without_family(table, "breastmnist~n200-s0")["dataset_id"]) == {"retinamnist", "retinamnist@128", "generated-c4"}
+    seen = {}
+
+    def spy(train_df, meta_features, candidates):
+        seen[candidates.index[0].rsplit("-", 1)[0]] = set(train_df["dataset_id"])
+        return candidates.index[0]
+
+    evaluate_lodo(table, pick=spy, baselines=False)
+    assert seen["breastmnist"] == seen["breastmnist@64"] == {"retinamnist", "retinamnist@128", "generated-c4"}
+    assert seen["retinamnist@128"] == {"breastmnist", "breastmnist@64", "breastmnist~n200-s0", "generated-c4"}

@@ -115,6 +115,27 @@ def config_set_meta_features(df: pd.DataFrame) -> list[str]:
     return out
 
 
+SIZE_SEPARATOR = "@"
+
+
+def dataset_family(dataset_id: str, parent: str | None = None) -> str:
+    """The real dataset a run's images came from, whatever their size or derivation: the root parent of
+    a derived dataset, else the dataset itself, without its "@size" suffix (``breastmnist@64`` ->
+    ``breastmnist``; ``breastmnist~n200-s0`` with parent ``breastmnist`` -> ``breastmnist``)."""
+    root = parent if isinstance(parent, str) and parent else dataset_id
+    return root.split(SIZE_SEPARATOR, 1)[0]
+
+
+def without_family(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The runs of every dataset outside ``dataset``'s family (itself, its parent, its derived datasets and
+    its other sizes): what may inform a zero-shot pick for ``dataset`` without leaking it."""
+    parents = df["dataset_parent"] if "dataset_parent" in df else pd.Series(None, index=df.index, dtype=object)
+    own = parents[df["dataset_id"] == dataset].dropna()
+    family = dataset_family(dataset, own.iloc[0] if len(own) else None)
+    families = [dataset_family(d, p if isinstance(p, str) else None) for d, p in zip(df["dataset_id"], parents)]
+    return df[[f != family for f in families]]
+
+
 def row_config(row: pd.Series | dict) -> dict[str, Any]:
     """The config dict of one row: its non-null cfg_ columns, prefix removed."""
     items = row.items() if isinstance(row, dict) else row.to_dict().items()
