@@ -25,7 +25,8 @@ def format_flops(flops: float | None) -> str:
     """'12.3 PFLOP (est.)': every printed compute figure says it is an estimate."""
     if flops is None or not math.isfinite(flops):
         return "unknown"
-    return f"{flops / PFLOP:.3g} PFLOP (est.)"
+    value = flops / PFLOP
+    return f"{value:,.0f} PFLOP (est.)" if value >= 1000 else f"{value:.3g} PFLOP (est.)"
 
 
 def cost_amount(seconds: float | None, flops: float | None) -> str:

@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metallmix.bench import FLOPS_ESTIMATE, SECONDS
 from metallmix.bench.replay import RecordedOutcomes, SearchBudget, simulate_search
 from metallmix.bench.report import load_results, results_table
-from metallmix.bench.run import RESULT_FILE, run_benchmark, without_dataset
+from metallmix.bench.run import RESULT_FILE, run_benchmark
 from metallmix.bench.search import build_search
 from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError
 from metallmix.metadataset import load_meta_dataset
-from metallmix.metadataset.schema import config_columns
+from metallmix.metadataset.schema import config_columns, without_family
 from metallmix.metalearner import config_id
 from metallmix.sweep import expand_space
 
@@ -110,7 +111,8 @@ def test_incumbent_and_trajectory_follow_the_recorded_values(recorded):
     best_val = {t.config_id: max(outcomes.runs[t.config_id].val_accuracy) for t in outcome.trials}
     assert outcome.incumbent == max(best_val, key=best_val.get)
     assert outcome.accuracy == recorded_accuracy[outcome.incumbent]
-    assert math.isclose(outcome.training_seconds, sum(outcomes.runs[c].cost_seconds for c in recorded_accuracy))
+    assert outcomes.unit is SECONDS
+    assert math.isclose(outcome.training_seconds, sum(outcomes.runs[c].cost for c in recorded_accuracy))
     times = [p["time_seconds"] for p in outcome.trajectory]
     assert times == sorted(times) and outcome.trajectory[-1]["accuracy"] == outcome.accuracy
 
@@ -121,7 +123,7 @@ def test_time_budget_stops_the_search(recorded):
     searcher, scheduler = build_search("tpe", space, seed=0, first_points=[], max_epochs=outcomes.max_epochs)
     outcome = simulate_search(searcher, scheduler, outcomes, SearchBudget(time_runs=3))
     assert outcome.training_seconds >= limit
-    last_epoch = max(s for t in outcome.trials for s in outcomes.runs[t.config_id].epoch_seconds)
+    last_epoch = max(s for t in outcome.trials for s in outcomes.runs[t.config_id].epoch_costs)
     assert outcome.training_seconds < limit + last_epoch
 
 
@@ -231,7 +233,7 @@ def test_replay_report_table_has_the_papers_shape(replay_multirun):
 
 def test_the_held_out_dataset_and_its_derivatives_leave_the_training_data():
     meta = load_meta_dataset("sweeps/medium")
-    kept = without_dataset(meta, "breastmnist")
+    kept = without_family(meta, "breastmnist")
     assert not kept["dataset_id"].str.startswith("breastmnist").any()
     assert kept["dataset_id"].str.startswith("retinamnist").any()
 
@@ -320,15 +322,13 @@ def medmnistplus_multirun(tmp_path_factory):
 
 
 def test_a_run_without_curve_or_times_replays_as_one_step_costing_its_estimate(medmnistplus):
-    from metallmix.bench import FLOPS_ESTIMATE
-
     held_out = medmnistplus[medmnistplus["dataset_id"] == "breastmnist"].reset_index()
     outcomes = RecordedOutcomes(held_out)
     assert outcomes.unit is FLOPS_ESTIMATE and not outcomes.has_curves and outcomes.max_epochs == 1
     for row in held_out.itertuples():
         run = outcomes.runs[row.run_id]
         assert run.val_accuracy == [row.accuracy] and run.accuracy == row.accuracy
-        assert run.cost == row.cost_flops_estimate and run.cost_seconds is None
+        assert run.cost == row.cost_flops_estimate and run.unit is FLOPS_ESTIMATE
     with pytest.raises(ConfigError, match=r"record no training time.*budget\.trials=N"):
         outcomes.time_limit(SearchBudget(time_runs=10))
 
@@ -377,7 +377,7 @@ def test_medmnistplus_replay_reports_the_recorded_accuracies_and_estimates(medmn
             assert doc["accuracy"] == max(t["accuracy"] for t in doc["trials"])
             assert doc["trials"][0]["config_id"] == f"{doc['dataset']}:end_to_end:resnet18:224"  # the default first
         if doc["method"] == "portfolio":  # evaluate's portfolio, fitted without the held-out dataset
-            train_df = without_dataset(medmnistplus.reset_index(), doc["dataset"])
+            train_df = without_family(medmnistplus.reset_index(), doc["dataset"])
             candidates = runs[config_columns(runs)]
             assert picked == portfolio_pick(train_df, {}, candidates)
             assert doc["fit_seconds"] is None

@@ -39,7 +39,7 @@ def _engine(spec: Any) -> Any:
 def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, float],
              candidates: pd.DataFrame) -> tuple[str, float, float, dict[str, Any]]:
     """(picked candidate id, response seconds, fit seconds, extra result fields)."""
-    from metallmix.bench.run import fitted_without
+    from metallmix.bench.run import fitted_without, learner_params
     from metallmix.llm.pipeline import choose_candidate
     from metallmix.recommend import Recommender
 
@@ -47,7 +47,7 @@ def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, flo
         raise ConfigError("method=zeroshot_llm needs an engine: set llm_engine=smollm2 (or another conf/llm name, a model "
                           "folder, an OpenAI-compatible URL); run setup_llm.sh first for the local models")
     engine = _engine(cfg["llm_engine"])
-    params = cfg.get("learner") or {}
+    params = learner_params(str(cfg["meta_dataset"]), cfg.get("learner"))
     recommender, fit_seconds = fitted_without("recommender", lambda: Recommender(metalearner_params=dict(params)),
                                               str(cfg["meta_dataset"]), held_out, params)
     started = time.perf_counter()

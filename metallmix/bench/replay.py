@@ -58,16 +58,6 @@ class RecordedRun:
         """The whole run's cost, in ``unit``."""
         return float(sum(self.epoch_costs))
 
-    @property
-    def epoch_seconds(self) -> list[float] | None:
-        """Per epoch, the recorded seconds; None where the knowledge base records no times."""
-        return self.epoch_costs if self.unit is SECONDS else None
-
-    @property
-    def cost_seconds(self) -> float | None:
-        """The run's recorded seconds; None where the knowledge base records no times."""
-        return self.cost if self.unit is SECONDS else None
-
 
 class RecordedOutcomes:
     """The recorded runs of one dataset, keyed by run_id (the candidate ids of replay mode).

@@ -58,7 +58,8 @@ from metallmix.errors import ConfigError, DataError
 from metallmix.evaluate import normalized_regret, portfolio_pick
 from metallmix.formatting import format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
-from metallmix.metadataset.schema import config_columns
+from metallmix.metadataset.schema import config_columns, without_family
+from metallmix.metalearner import MetaLearner, default_params
 from metallmix.metadataset.store import atomic_write
 
 ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm", "portfolio")  # no trial before the answer; one trained model
@@ -106,12 +107,6 @@ def run_benchmark(cfg: Mapping[str, Any]) -> dict[str, Any]:
 # shared by both modes
 
 
-def without_dataset(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """The meta-dataset without ``dataset`` and the datasets derived from it."""
-    derived = df["dataset_parent"].astype(object).eq(dataset) if "dataset_parent" in df else False
-    return df[~(df["dataset_id"].eq(dataset) | derived)]
-
-
 @lru_cache(maxsize=4)
 def meta_dataset(spec: str) -> pd.DataFrame:
     """The meta-dataset of a spec string, loaded once per process (shared: do not modify it)."""
@@ -123,13 +118,13 @@ _FITTED: dict[tuple, tuple[Any, float]] = {}
 
 def fitted_without(kind: str, build: Callable[[], Any], spec: str, held_out: str,
                    params: Mapping[str, Any]) -> tuple[Any, float]:
-    """``build().fit(...)`` on the meta-dataset ``spec`` without ``held_out`` and the datasets derived
-    from it, and the fit's seconds. Fitted once per process for each (kind, spec, held_out, params):
+    """``build().fit(...)`` on the meta-dataset ``spec`` without ``held_out``'s family (its parent,
+    derived datasets and other sizes: ``metadataset.schema.without_family``), and the fit's seconds. Fitted once per process for each (kind, spec, held_out, params):
     the jobs of a multirun that hold out the same dataset share the fit (``meta_dataset`` loads a spec
     once per process, so these name the training data)."""
     key = (kind, spec, held_out, json.dumps(dict(params), sort_keys=True, default=str))
     if key not in _FITTED:
-        train_df = without_dataset(meta_dataset(spec), held_out)
+        train_df = without_family(meta_dataset(spec), held_out)
         started = time.perf_counter()
         model = build().fit(train_df)
         _FITTED[key] = (model, time.perf_counter() - started)
@@ -138,19 +133,24 @@ def fitted_without(kind: str, build: Callable[[], Any], spec: str, held_out: str
 
 def portfolio_choice(spec: str, held_out: str, meta_features: dict[str, float],
                      candidates: pd.DataFrame) -> tuple[str, float]:
-    """The portfolio's candidate (``evaluate.portfolio_pick`` on the meta-dataset without ``held_out``
-    and its derived datasets) and the seconds it took to rank the training configurations and pick."""
-    train_df = without_dataset(meta_dataset(spec), held_out)
+    """The portfolio's candidate (``evaluate.portfolio_pick`` on the meta-dataset without ``held_out``'s
+    family) and the seconds it took to rank the training configurations and pick."""
+    train_df = without_family(meta_dataset(spec), held_out)
     started = time.perf_counter()
     pick = portfolio_pick(train_df, meta_features, candidates)
     return str(pick), time.perf_counter() - started
 
 
-def zero_shot_ranking(spec: str, held_out: str, meta_features: dict[str, float], candidates: pd.DataFrame,
-                      params: Mapping[str, Any]) -> tuple[list[str], float, float]:
-    """Candidate ids, best score first; prediction seconds; the (offline) fit's seconds."""
-    from metallmix.metalearner import MetaLearner
+def learner_params(spec: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The meta-learner settings of a job: those the recommender uses for this knowledge base
+    (``metalearner.default_params``), updated by the job's ``learner`` overrides."""
+    return {**default_params(meta_dataset(spec)), **dict(overrides or {})}
 
+
+def zero_shot_ranking(spec: str, held_out: str, meta_features: dict[str, float], candidates: pd.DataFrame,
+                      overrides: Mapping[str, Any] | None) -> tuple[list[str], float, float]:
+    """Candidate ids, best score first; prediction seconds; the (offline) fit's seconds."""
+    params = learner_params(spec, overrides)
     learner, fit_seconds = fitted_without("metalearner", lambda: MetaLearner(**dict(params)), spec, held_out, params)
     started = time.perf_counter()
     scores = learner.predict(meta_features, candidates)["score"].set_axis(candidates.index)
@@ -213,7 +213,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     if dataset not in datasets:
         raise DataError(f"dataset {dataset!r} has no recorded runs in {spec}; replay needs one of {datasets}")
     held_out = df[df["dataset_id"] == dataset]
-    if without_dataset(df, dataset).empty:
+    if without_family(df, dataset).empty:
         raise DataError(f"{spec} holds no dataset besides {dataset!r}: nothing to learn from")
     outcomes = RecordedOutcomes(held_out)
     outcomes.time_limit(budget)  # a time budget on runs without recorded times is refused before any work
