@@ -60,7 +60,14 @@ from metallmix.metadataset.schema import (
     validate_rows,
     without_family,
 )
-from metallmix.metalearner import INTERVAL_COVERAGE, MetaLearner, config_id, portfolio_scores
+from metallmix.metalearner import (
+    INTERVAL_COVERAGE,
+    PORTFOLIO_NOT_APPLICABLE,
+    MetaLearner,
+    config_id,
+    portfolio_applicable,
+    portfolio_scores,
+)
 
 PickFn = Callable[[pd.DataFrame, dict[str, float], pd.DataFrame], Hashable]
 """pick(train_df, meta_features, candidates) -> the index label of the chosen row of candidates.
@@ -101,11 +108,15 @@ def select_learner(train_df: pd.DataFrame, grid: Iterable[dict[str, Any]] = LEAR
     """The settings of ``grid`` with the lowest mean leave-one-dataset-out regret on ``train_df`` alone
     (ties: the earlier entry), and every entry's inner figures."""
     trials = []
+    portfolio_ok = portfolio_applicable(train_df)
     for params in grid:
         merged = {**(base_params or {}), **params}
+        if merged.get("portfolio_weight", 0) > 0 and not portfolio_ok:
+            trials.append({"params": params, "mean_regret": None, "max_regret": None, "skipped": PORTFOLIO_NOT_APPLICABLE})
+            continue
         summary = evaluate_lodo(train_df, learner_params=merged, baselines=False, intervals=False)["summary"][MAIN_METHOD]
         trials.append({"params": params, "mean_regret": summary["mean_regret"], "max_regret": summary["max_regret"]})
-    best = min(range(len(trials)), key=lambda i: (trials[i]["mean_regret"], i))
+    best = min((i for i, t in enumerate(trials) if t["mean_regret"] is not None), key=lambda i: (trials[i]["mean_regret"], i))
     return {**(base_params or {}), **trials[best]["params"]}, trials
 
 
@@ -296,6 +307,9 @@ def evaluate_lodo(
         chosen = pick(train_df, meta_features, candidates.copy()) if pick is not None else scores["score"].idxmax()
         entry.update(result_of(method, chosen))
         for name, pick_fn in others.items():
+            if name == "portfolio" and not portfolio_applicable(train_df):
+                entry[name] = {"normalized_regret": None, "skipped": PORTFOLIO_NOT_APPLICABLE}
+                continue
             entry[name] = result_of(name, pick_fn(train_df, meta_features, candidates.copy()))
         for k in ks:
             entry[f"random_{k}"] = {"normalized_regret": expected_random_regret(accuracy.to_numpy(), k)}
@@ -397,6 +411,8 @@ def _candidate_costs(runs: pd.DataFrame, meta_features: dict[str, float], scores
 
 def _cost_aware_result(entry: dict[str, Any], cost: dict[str, Any], score: pd.Series, accuracy: pd.Series,
                        result_of: Callable[[str, Hashable], dict[str, Any]]) -> dict[str, Any]:
+    if entry["portfolio"].get("skipped"):
+        return {"normalized_regret": None, "skipped": f"its budget is the portfolio's cost, and {entry['portfolio']['skipped']}"}
     values = cost["values"]
     budget = COST_FRACTION * float(values[entry["portfolio"]["picked_config_id"]])
     within = values.index[values.to_numpy() <= budget] if math.isfinite(budget) else values.index[:0]
@@ -447,7 +463,8 @@ def _summary(entries: list[dict[str, Any]], name: str, main: str) -> dict[str, A
     statuses = [r.get("status") for r in scored]
     if statuses[0] is not None:
         out["n_picked_not_ok"] = int(sum(s != "ok" for s in statuses))
-    ratios = [_cost_ratio(r, e["portfolio"]) for r, e in zip(results, entries) if "portfolio" in e and r in scored]
+    ratios = [_cost_ratio(r, e["portfolio"]) for r, e in zip(results, entries)
+              if "portfolio" in e and r in scored and not e["portfolio"].get("skipped")]
     ratios = [x for x in ratios if x is not None]
     if ratios:
         out["median_cost_ratio_to_portfolio"] = float(np.median(ratios))

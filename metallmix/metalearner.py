@@ -211,8 +211,12 @@ class MetaLearner:
             if timed.any():
                 self._boosters["cost"] = xgb.train(self._xgb_params("reg:squarederror"),
                                                    self._dmatrix(x[timed], np.log(seconds[timed])), rounds)
-        self.portfolio_ = (portfolio_scores(df).set_index("candidate_id")["mean_normalized_accuracy"].to_dict()
-                           if self.portfolio_weight > 0 else {})
+        self.portfolio_ = {}
+        if self.portfolio_weight > 0:
+            scores = portfolio_scores(df)
+            if int(scores["n_datasets"].max()) < 2:
+                raise ConfigError(f"portfolio_weight > 0 but {PORTFOLIO_NOT_APPLICABLE}; set portfolio_weight=0")
+            self.portfolio_ = scores.set_index("candidate_id")["mean_normalized_accuracy"].to_dict()
         self.n_training_runs_ = int(len(df))
         self.n_training_datasets_ = int(df["dataset_id"].nunique())
         return self
@@ -577,6 +581,15 @@ def candidate_configs(df: pd.DataFrame) -> pd.DataFrame:
 def config_id(config: dict[str, Any]) -> str:
     """Stable id of a config dict (keys without prefix): sha256 of its canonical JSON, 16 hex digits."""
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+PORTFOLIO_NOT_APPLICABLE = ("no config of the meta-dataset was run on two datasets (Quick-Tune's are all distinct): a "
+                            "portfolio, the config best on average over datasets, cannot be formed")
+
+
+def portfolio_applicable(df: pd.DataFrame) -> bool:
+    """Whether some config was run on at least two datasets of ``df`` (else a portfolio means nothing)."""
+    return bool(len(df)) and int(portfolio_scores(df)["n_datasets"].max()) >= 2
 
 
 def portfolio_scores(df: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from metallmix.evaluate import (
     select_learner,
 )
 from metallmix.metadataset.schema import make_row
+from metallmix.metalearner import MetaLearner
 
 FAST = {"n_estimators": 20, "max_depth": 3, "n_ensemble": 1}
 
@@ -236,3 +237,18 @@ def test_the_held_out_family_is_left_out_of_training():
     evaluate_lodo(table, pick=spy, baselines=False)
     assert seen["breastmnist"] == seen["breastmnist@64"] == {"retinamnist", "retinamnist@128", "generated-c4"}
     assert seen["retinamnist@128"] == {"breastmnist", "breastmnist@64", "breastmnist~n200-s0", "generated-c4"}
+
+
+def test_portfolio_is_not_applicable_when_no_config_repeats_across_datasets():
+    table = four_datasets()
+    table["cfg_lr"] = table["cfg_lr"] * [1 + "ABCD".index(d) for d in table["dataset_id"]]  # every config distinct
+    result = evaluate_lodo(table, learner_params=FAST, random_ks=(1,))
+    entry = result["datasets"][0]
+    assert entry["portfolio"]["normalized_regret"] is None and "cannot be formed" in entry["portfolio"]["skipped"]
+    assert entry["cost_aware"]["normalized_regret"] is None
+    assert result["summary"]["portfolio"]["mean_regret"] is None
+    assert "portfolio" in format_table(result)
+    chosen, trials = select_learner(table, [{**FAST}, {**FAST, "portfolio_weight": 0.5}])
+    assert chosen == {**FAST} and "cannot be formed" in trials[1]["skipped"]
+    with pytest.raises(ConfigError, match="set portfolio_weight=0"):
+        MetaLearner(**FAST, portfolio_weight=1.0).fit(table)

@@ -59,7 +59,7 @@ from metallmix.evaluate import normalized_regret, portfolio_pick
 from metallmix.formatting import format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns, without_family
-from metallmix.metalearner import MetaLearner, default_params
+from metallmix.metalearner import PORTFOLIO_NOT_APPLICABLE, MetaLearner, default_params, portfolio_applicable
 from metallmix.metadataset.store import atomic_write
 
 ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm", "portfolio")  # no trial before the answer; one trained model
@@ -222,6 +222,9 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         reason = f"no learning curves in {spec}: ASHA and BOHB need per-epoch results to stop or pause a run"
         return {"dataset": dataset, **skipped_document(reason), "normalized_regret": None, "reference": reference,
                 "fit_seconds": None}
+    if method == "portfolio" and not portfolio_applicable(without_family(df, dataset)):
+        return {"dataset": dataset, **skipped_document(f"{spec}: {PORTFOLIO_NOT_APPLICABLE}"), "normalized_regret": None,
+                "reference": reference, "fit_seconds": None}
     candidates = held_out.set_index("run_id")[config_columns(held_out)]
     space = CandidateSpace(candidates)
     meta_features = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
