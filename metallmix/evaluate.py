@@ -509,7 +509,7 @@ def format_table(result: dict[str, Any]) -> str:
                  "mean_final_epoch_regret": "mean, last epoch"}.get(stat, stat.replace("_regret", ""))
         lines.append(f"{label:<15} " + " ".join(_cell(v, width) for v in values))
     if interval and interval["coverage"] is not None:
-        lines.append(f"80% interval of the {main}: covers {interval['coverage']:.1%} of the held-out runs "
+        lines.append(f"the meta-learner's 80% interval covers {interval['coverage']:.1%} of the held-out runs "
                      f"(datasets {interval['min_dataset_coverage']:.0%}-{interval['max_dataset_coverage']:.0%}), "
                      f"median width {interval['median_width'] * 100:.1f} accuracy points")
     return "\n".join(lines)

@@ -187,7 +187,7 @@ def test_interval_coverage_is_reported_and_counts_runs_inside():
     pooled = result["summary"]["interval"]
     assert pooled["coverage"] == pytest.approx(sum(e["interval"]["n_inside"] for e in result["datasets"]) / 24)
     assert pooled["target"] == pytest.approx(0.8)
-    assert "80% interval of the metalearner: covers" in format_table(result)
+    assert "the meta-learner's 80% interval covers" in format_table(result)
 
 
 def test_final_epoch_regret_where_runs_record_their_last_epoch():
