@@ -31,8 +31,9 @@ epochs), and the summaries ``mean_final_epoch_regret``. Baselines on the same ta
   configuration within that budget reaches (``oracle_regret``).
 
 Where the meta-learner is fitted (the default pick, or any pick with baselines), each entry also
-reports how its 80% interval did on the held-out dataset's runs (``interval``: coverage, the share of
-runs whose recorded accuracy lies inside, and the median width), and the summary pools them.
+reports how its 80% interval (of a run that completes) did on the held-out dataset's completed runs
+(``interval``: coverage, the share of them whose recorded accuracy lies inside, and the median width),
+and the summary pools them.
 
 Every entry names its pick by ``picked_config_id`` (the run's id in the knowledge base) and
 ``picked_config`` (the config with the knowledge base's own names and values).
@@ -54,6 +55,7 @@ from metallmix.compute_cost import training_flops_estimates
 from metallmix.metadataset.schema import (
     CFG_PREFIX,
     COST_ESTIMATE_COLUMN,
+    STATUS_OK,
     config_columns,
     row_config,
     row_meta_features,
@@ -316,7 +318,7 @@ def evaluate_lodo(
             if final is not None:
                 entry[f"random_{k}"]["final_epoch_regret"] = expected_random_regret(final.to_numpy(), k)
         if scores is not None and intervals:
-            entry["interval"] = _interval_quality(scores, runs["accuracy"])
+            entry["interval"] = _interval_quality(scores, runs["accuracy"].where(runs["status"] == STATUS_OK))
         if baselines:
             cost = _candidate_costs(runs, meta_features, scores)
             entry["cost_aware"] = _cost_aware_result(entry, cost, scores["score"], accuracy, result_of)

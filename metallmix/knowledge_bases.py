@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from metallmix.data.descriptors import modality_family
+
 MEDICAL = "medmnistplus:builtin"
 NATURAL = "quicktune:builtin"
 DESCRIPTIONS = {
@@ -45,7 +47,7 @@ def coverage(meta_features: dict[str, float], domain: dict[str, dict[str, Any]],
 def default_knowledge_base(is_medical: bool, modality: str | None, kind: str) -> tuple[str, str]:
     """(spec, reason) of the knowledge base that answers a dataset when none is named."""
     if is_medical:
-        why = f"modality {modality!r}" if modality else "a MedMNIST dataset"
+        why = f"modality {modality!r}, imaging family {modality_family(modality)}" if modality else "a MedMNIST dataset"
         return MEDICAL, f"medical images ({why}): answered from the medical knowledge base, {DESCRIPTIONS[MEDICAL]}"
     return NATURAL, (f"no imaging modality known for this {kind} dataset, so it is taken for natural images: answered "
                      f"from {DESCRIPTIONS[NATURAL]}; give --modality (e.g. 'chest x-ray') for the medical knowledge base")

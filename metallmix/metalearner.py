@@ -11,9 +11,9 @@ It fits five kinds of boosted trees on a meta-dataset (one row per run, every st
   ``n_ensemble`` of them, differing only in their random seed; the score is their mean;
 - the **failure model**: probability that a run does not finish (status failed or truncated); the
   ranking score is ``mean score model output - fail_penalty * p_fail``;
-- the **interval model**: 10% and 90% quantiles of accuracy (``reg:quantileerror``), widened to
-  hold 80% of the runs of datasets it has not seen: conformalised quantile regression (Romano et al.,
-  2019) across datasets. Each fitting dataset is left out in turn, the quantile model fitted on the
+- the **interval model**: 10% and 90% quantiles of the accuracy of a run that completes (status ok;
+  the failure model gives the risk that it does not), widened to hold 80% of the completed runs of
+  datasets it has not seen: conformalised quantile regression (Romano et al., 2019) across datasets. Each fitting dataset is left out in turn, the quantile model fitted on the
   others scores its runs by ``max(low - accuracy, accuracy - high)``, and the 80% quantile of those
   scores (``interval_correction_``, accuracy units) widens every interval on both sides (a negative one
   narrows it). Without two datasets there is nothing to calibrate on and the correction is 0;
@@ -201,9 +201,11 @@ class MetaLearner:
         if not self.ranking_only:
             self._boosters["accuracy"] = xgb.train(self._xgb_params("reg:squarederror"),
                                                    self._dmatrix(x[has_accuracy], accuracy[has_accuracy]), rounds)
-            self._boosters["interval"] = self._fit_interval_model(x[has_accuracy], accuracy[has_accuracy])
+            # the interval is of runs that complete (the failure model prices the others)
+            completed = has_accuracy & ok if (has_accuracy & ok).any() else has_accuracy
+            self._boosters["interval"] = self._fit_interval_model(x[completed], accuracy[completed])
             self.interval_correction_ = self._interval_correction(
-                x[has_accuracy], accuracy[has_accuracy], df["dataset_id"].to_numpy()[has_accuracy])
+                x[completed], accuracy[completed], df["dataset_id"].to_numpy()[completed])
             seconds = df["cost_seconds"].to_numpy(dtype=np.float64)
             timed = np.isfinite(seconds) & (seconds > 0) & ok
             if not timed.any():

@@ -67,7 +67,7 @@ BACKBONE_KEYS = ("backbone", "model", "arch")
 PARAM_COUNT_KEYS = ("n_parameters", "n_params", "param_count", "num_params")
 CONSTRAINT_NAMES = ("budget_minutes", "budget_flops", "max_params", "backbones", "max_p_fail", "max_resolution")
 RESOLUTION_SETTING = "resolution"
-USUAL_SETTINGS = ("lr", "batch_size", "opt", "optimizer", "epochs", "weight_decay")
+USUAL_SETTINGS = ("scheme", "resolution", "lr", "batch_size", "opt", "optimizer", "epochs", "weight_decay")
 N_CONTRASTS = 2  # the pick is contrasted with this many runners-up
 
 # Valid ranges of metallmix's meta-features (metallmix.data.metafeatures documents each); a value
@@ -412,8 +412,7 @@ class Recommender:
         """A SHAP waterfall PNG of the predicted accuracy of ``document``'s pick (a recommend() answer)."""
         position = int(np.flatnonzero(self._ids == document["candidate_id"])[0])
         row = self.explained_rows(document["meta_features"]["values"], [position])
-        label = ", ".join(f"{k}={_short(v)}" for k, v in document["config"].items() if k in (self.backbone_key_, *USUAL_SETTINGS,
-                                                                                              "scheme", "resolution"))
+        label = ", ".join(f"{k}={_short(v)}" for k, v in document["config"].items() if k in (self.backbone_key_, *USUAL_SETTINGS))
         return self.explainer_.save_waterfall_plot(row, path, title=f"Why {label or document['candidate_id']}: SHAP of predicted accuracy (points)")
 
     def _contrast(self, features: dict[str, float], pick: int, rival: int, rival_rank: int) -> dict[str, Any]:
@@ -744,7 +743,10 @@ def describe_dataset(dataset: str | dict[str, Any], *, modality: str | None = No
 
     loaded = load_dataset(dataset_config(dataset))
     meta_features = {str(k): float(v) for k, v in compute_meta_features(loaded).items()}
-    modality = parse_modality(modality) if modality is not None else (None if loaded.modality == "unknown" else loaded.modality)
+    if modality is not None:
+        parse_modality(modality)  # an unknown family is an error: the user asked for it
+    else:
+        modality = None if loaded.modality == "unknown" else loaded.modality
     task = parse_task(task) if task is not None else (loaded.description.get("task") or ("binary" if loaded.n_classes == 2 else None))
     meta_features.update(descriptor_features(modality, task))
     return DatasetFacts(source=str(dataset if not isinstance(dataset, dict) else loaded.name), kind=loaded.kind,
@@ -861,8 +863,8 @@ def template_explanation(document: dict[str, Any]) -> str:
     settings = ", ".join(f"{k}={_short(config[k])}" for k in shown)
     lines = [
         f"Recommended: {backbone}{size}" + (f" with {settings} (full config in 'config')." if settings else "."),
-        f"Predicted accuracy {pred['accuracy']:.1%} (likely range {pred['accuracy_low']:.1%} to "
-        f"{pred['accuracy_high']:.1%}), {cost_text(pred)}, failure risk {pred['p_fail']:.0%}.",
+        f"Predicted accuracy {pred['accuracy']:.1%} (80% range {pred['accuracy_low']:.1%} to "
+        f"{pred['accuracy_high']:.1%} if the run completes), {cost_text(pred)}, failure risk {pred['p_fail']:.0%}.",
     ]
     for contrast in document["evidence"]["contrast"][:1]:
         rival = contrast["rival_backbone"] or f"candidate {contrast['rival_id']}"
