@@ -406,3 +406,25 @@ def test_medmnistplus_report_shows_estimates_and_asha_as_not_applicable(medmnist
                      proc.stdout, re.MULTILINE)
     report = (medmnistplus_multirun / "report.md").read_text()
     assert "2 of them not applicable" in report and (medmnistplus_multirun / "regret_vs_time.png").is_file()
+
+
+def test_train_mode_candidates_of_a_translated_space_are_the_knowledge_base_configs():
+    """Train mode on the MedMNIST+ space: the meta-learner scores configs in the knowledge base's own terms,
+    each runs as its training config, and points above the dataset's image side are left out."""
+    from omegaconf import OmegaConf
+
+    from metallmix.bench.train import applicable_candidates
+    from metallmix.metadataset.schema import row_config
+
+    space = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "space" / "medmnistplus.yaml"))
+    candidates, training = applicable_candidates(space, None, {"resolution": 28.0}, "breastmnist")
+    assert len(candidates) == 30 and set(candidates["cfg_resolution"]) == {28}
+    kb = load_meta_dataset("medmnistplus:builtin")
+    breast = kb[kb["dataset_id"] == "breastmnist"]
+    recorded = [row_config(row) for row in breast[[c for c in kb.columns if c.startswith("cfg_")]].to_dict("records")]
+    assert all(row_config(candidates.loc[i]) in recorded for i in candidates.index)  # the imported rows' configs
+    some = training[candidates.index[0]]
+    assert some["backbone"] in ("alexnet",) or some["backbone"].startswith("timm/")
+    assert some["input_size"] == 28 and some["pad_to"] == 224
+    with pytest.raises(ConfigError, match="no config of space 'medmnistplus' runs on 'tiny'"):
+        applicable_candidates(space, None, {"resolution": 16.0}, "tiny")

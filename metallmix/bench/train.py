@@ -25,7 +25,9 @@ from ray.tune.schedulers import FIFOScheduler
 from metallmix.bench.replay import SearchBudget, SearchTracker
 from metallmix.bench.search import METRIC, CandidateSearcher, RandomSearcher, build_search
 from metallmix.bench.space import CANDIDATE_KEY, CandidateSpace
-from metallmix.metadataset.schema import CFG_PREFIX
+from metallmix.errors import ConfigError
+from metallmix.metadataset.schema import CFG_PREFIX, row_config
+from metallmix.sweep import expand_space_points, space_translation
 
 FAILED_ACCURACY = 0.0
 
@@ -46,16 +48,34 @@ def held_out_dataset_config(held_out: Any) -> dict[str, Any]:
 
 
 def grid_candidates(space: Mapping[str, Any], epochs: int | None) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """The space's grid as a frame of cfg_ columns indexed by config id, and the configs by id."""
+    """The space's grid as a frame of the configs its rows record (cfg_ columns, indexed by config id: what
+    the meta-learner scores), and the training config each id runs. ``epochs`` overrides the training
+    epochs (of a plain space's recorded configs too, which are its training configs)."""
     from metallmix.metalearner import config_id
-    from metallmix.sweep import expand_space
 
-    configs = expand_space(space)
-    if epochs is not None:
-        configs = [{**c, "epochs": int(epochs)} for c in configs]
-    by_id = {config_id(c): c for c in configs}
-    frame = pd.DataFrame([{CFG_PREFIX + k: v for k, v in c.items()} for c in by_id.values()], index=list(by_id))
+    recorded, training = [], []
+    for point in expand_space_points(space):
+        trained = {**point.training, "epochs": int(epochs)} if epochs is not None else point.training
+        recorded.append(trained if point.config == point.training else point.config)
+        training.append(trained)
+    by_id = {config_id(c): t for c, t in zip(recorded, training)}
+    configs = {config_id(c): c for c in recorded}
+    frame = pd.DataFrame([{CFG_PREFIX + k: v for k, v in configs[i].items()} for i in by_id], index=list(by_id))
     return frame, by_id
+
+
+def applicable_candidates(space: Mapping[str, Any], epochs: int | None, meta_features: dict[str, float],
+                          dataset: str) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """``grid_candidates`` without the configs the space's translation does not run on this dataset (a
+    MedMNIST+ point above the dataset's image side: the benchmark never upsampled)."""
+    candidates, configs = grid_candidates(space, epochs)
+    translation = space_translation(space)
+    reasons = {i: translation.skip_reason(row_config(candidates.loc[i]), meta_features) for i in candidates.index}
+    kept = [i for i, reason in reasons.items() if reason is None]
+    if not kept:
+        raise ConfigError(f"no config of space {space.get('name', '?')!r} runs on {dataset!r}: "
+                          f"{next(iter(reasons.values()))}; give a dataset the space applies to")
+    return candidates.loc[kept], {i: configs[i] for i in kept}
 
 
 def bench_trial(config: dict[str, Any], *, dataset: Any, configs: dict[str, dict], seed: int,
@@ -104,17 +124,17 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     train_cfg = dict(cfg.get("train") or {})
     seed = int(cfg.get("seed", 0))
     allow_download = bool(train_cfg.get("allow_download", False))
-    candidates, configs = grid_candidates(cfg["space"], train_cfg.get("epochs"))
-    for backbone, weights in sorted({(c["backbone"], c.get("weights", "none")) for c in configs.values()}):
-        check_weights_available(backbone, weights, allow_download=allow_download)
-    space = CandidateSpace(candidates)
-
     dataset_cfg = held_out_dataset_config(cfg["held_out"])
     held_out_id = dataset_id(dataset_cfg)
     dataset = load_dataset(dataset_cfg)
     started = time.perf_counter()
     meta_features = compute_meta_features(dataset)
     meta_features_seconds = time.perf_counter() - started
+
+    candidates, configs = applicable_candidates(cfg["space"], train_cfg.get("epochs"), meta_features, held_out_id)
+    for backbone, weights in sorted({(c["backbone"], c.get("weights", "none")) for c in configs.values()}):
+        check_weights_available(backbone, weights, allow_download=allow_download)
+    space = CandidateSpace(candidates)
 
     ranking: list[str] = []
     predict_seconds = fit_seconds = 0.0
@@ -131,7 +151,7 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     elif method == "portfolio":
         pick, predict_seconds = portfolio_choice(str(cfg["meta_dataset"]), held_out_id, meta_features, candidates)
         ranking = [pick]
-    max_epochs = max(int(c["epochs"]) for c in configs.values())
+    max_epochs = max(int(c.get("epochs", 1)) for c in configs.values())  # k-NN configs train no epoch
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
         searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
         scheduler, n_trials = FIFOScheduler(), 1
