@@ -13,6 +13,9 @@ answer says which and why. Without ``--model-dir``, ``recommend`` fits a Recomme
 ``CACHE_DIR/recommenders/v<format>/<content hash>`` (``--cache-dir``, else $METALLMIX_CACHE_DIR, else
 ~/.cache/metallmix), so later calls on the same meta-dataset only load it. Bad input ends with one
 line on stderr and exit status 2.
+
+The modules behind the commands (XGBoost, SHAP, FAISS, torch, Ray) are imported inside them, so that
+``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from metallmix.data.descriptors import modality_family
 from metallmix.errors import ConfigError, MetallmixError
+from metallmix.formatting import cost_amount
+from metallmix.knowledge_bases import coverage, default_knowledge_base
 from metallmix.metadataset.store import DEFAULT_META_DATASET
 
 EXIT_USAGE = 2
@@ -195,9 +201,6 @@ def _dataset_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | Non
 
 def _knowledge_base(args: argparse.Namespace, dataset: Any, meta_features: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
     """The knowledge base spec to use and why (None with --model-dir: the saved recommender's own)."""
-    from metallmix.data.descriptors import modality_family
-    from metallmix.knowledge_bases import default_knowledge_base
-
     if args.meta_dataset is not None:
         return args.meta_dataset, {"default": False, "reason": "named with --meta-dataset"}
     if args.model_dir is not None and (Path(args.model_dir) / "manifest.json").is_file():
@@ -212,8 +215,6 @@ def _knowledge_base(args: argparse.Namespace, dataset: Any, meta_features: dict[
 
 def _selection_report(selection: dict[str, Any], document: dict[str, Any], recommender: Any) -> dict[str, Any]:
     """The selection with the answering knowledge base's coverage of the dataset's meta-features."""
-    from metallmix.knowledge_bases import coverage
-
     values = document["meta_features"]["values"]
     covered = coverage(values, recommender.feature_domain_, recommender.metalearner_.meta_feature_names_)
     return {**selection, "coverage": covered.as_dict()}
@@ -275,8 +276,6 @@ def _save_atomically(recommender: Any, target: Path) -> None:
 
 def format_recommendation(doc: dict[str, Any], source: str) -> str:
     """The recommendation as a readable report: pick, shortlist table, evidence, warnings."""
-    from metallmix.formatting import cost_amount
-
     md = doc["meta_dataset"]
     lines = [f"Recommendation for {source} (knowledge base {md['spec']}: {md['n_runs']} runs, {md['n_datasets']} datasets)"]
     selection = md.get("selection")
@@ -335,15 +334,13 @@ def format_recommendation(doc: dict[str, Any], source: str) -> str:
 
 # ------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
-    from metallmix.evaluate import evaluate_lodo, format_table, nested_pick
+    from metallmix.evaluate import evaluate_lodo, evaluate_stability, format_table, nested_pick
     from metallmix.metadataset import load_meta_dataset
     from metallmix.metalearner import default_params
 
     df = load_meta_dataset(args.meta_dataset)
     params = {**default_params(df), **({"objective": args.objective} if args.objective else {})}
     if args.protocol == "subsampled-leave-one-dataset-out":
-        from metallmix.evaluate import evaluate_stability
-
         stability = evaluate_stability(df, n_draws=args.draws, subset_size=args.subset_size, learner_params=params)
         print(f"Leave-one-dataset-out regret on {args.meta_dataset} with the meta-learner fitted on {stability['subset_size']} "
               f"random other datasets ({args.draws} draws; settings {params or 'default'}):")

@@ -36,6 +36,8 @@ import pandas as pd
 
 from metallmix.compute_cost import ESTIMATE_NOTE, SCHEMES, estimate_training_flops
 from metallmix.data.descriptors import descriptor_features, task_type
+from metallmix.data.medmnist import BUILTIN_DIR
+from metallmix.data.metafeatures import class_statistics
 from metallmix.errors import DataError, SchemaError
 from metallmix.metadataset.schema import (
     CFG_PREFIX,
@@ -183,9 +185,6 @@ def _read_results(path: Path, datasets: dict[str, dict[str, Any]]) -> list[dict[
 
 def _class_balance(datasets: dict[str, dict[str, Any]], labels_root: Path | None) -> dict[str, dict[str, float]]:
     """Class-balance meta-features of the datasets whose MedMNIST training labels are at hand."""
-    from metallmix.data.medmnist import BUILTIN_DIR
-    from metallmix.data.metafeatures import class_statistics
-
     folder = labels_root or BUILTIN_DIR
     out = {}
     for name, facts in datasets.items():
