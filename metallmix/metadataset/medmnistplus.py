@@ -53,7 +53,7 @@ DATASET_KIND = "external"
 SOURCE = ("MedMNIST+ benchmark (Doerrich et al., Scientific Reports 2025; "
           "github.com/sdoerrich97/rethinking-model-prototyping-MedMNISTPlus, Apache-2.0)")
 BUILTIN_MEDMNISTPLUS = Path(__file__).resolve().parent.parent / "data" / "builtin" / "medmnistplus"
-DATASET_COLUMNS = ("dataset", "modality", "view", "task", "n_channels", "n_classes", "n_train", "n_val", "n_test")
+DATASET_COLUMNS = ("dataset", "modality", "task", "n_channels", "n_classes", "n_train", "n_val", "n_test")  # + view, license
 RESULT_COLUMNS = ("dataset", "scheme", "model", "resolution", "acc_mean", "acc_std", "auc_mean", "auc_std")
 # What every trained run of the benchmark shared (its config.yaml and train.py).
 FIXED_SETTINGS: dict[str, Any] = {
@@ -145,7 +145,7 @@ def _read_datasets(path: Path) -> dict[str, dict[str, Any]]:
         facts = {column: _number(path, line, column, row[column], integer=True, minimum=minimum)
                  for column, minimum in (("n_channels", 1), ("n_classes", 2), ("n_train", 1), ("n_val", 0), ("n_test", 0))}
         modality = (row["modality"] or "").strip()
-        view = (row["view"] or "").strip()
+        view = (row.get("view") or "").strip()
         out[name] = {"name": name, "task": task, "modality": f"{modality} ({view})" if view else modality or "unknown",
                      **facts}
     return out
