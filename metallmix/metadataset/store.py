@@ -122,7 +122,10 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
       ``quicktune:builtin`` is the copy shipped with metallmix (3,198 runs on 18 Meta-Album datasets);
     - ``medmnistplus:DIR``: a folder in the MedMNIST+ benchmark's format (datasets.csv, results.csv),
       imported; ``medmnistplus:builtin`` is the copy shipped with metallmix (1,080 outcomes on 9
-      medical datasets).
+      medical datasets);
+    - ``qtt:DIR``: a Quick-Tune tool portfolio folder (config.csv, curve.csv, cost.csv, meta.csv),
+      imported; ``qtt:builtin`` is the copy shipped with metallmix (MedQuickTune: 505 runs of 3D CNNs on
+      6 MRI/CT tasks, scored by validation ROC AUC).
     """
     spec = str(spec)
     # The importers are imported on use: each spec needs only its own.
@@ -136,6 +139,11 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
 
         folder = spec[len("medmnistplus:"):]
         return import_medmnistplus(BUILTIN_MEDMNISTPLUS if folder == "builtin" else folder)
+    if spec.startswith("qtt:"):
+        from metallmix.metadataset.qtt import BUILTIN_MEDQUICKTUNE, import_qtt
+
+        folder = spec[len("qtt:"):]
+        return import_qtt(BUILTIN_MEDQUICKTUNE if folder == "builtin" else folder)
     path = Path(spec)
     if path.is_file():
         return read_parquet(path)
@@ -146,5 +154,6 @@ def load_meta_dataset(spec: str | Path) -> pd.DataFrame:
         return df
     raise SchemaError(
         f"meta-dataset {spec!r} not found; give a .parquet file, a metallmix store folder, "
-        "quicktune:DIR for a Quick-Tune folder or medmnistplus:DIR for a MedMNIST+ folder (builtin for the shipped copies)"
+        "quicktune:DIR for a Quick-Tune folder, medmnistplus:DIR for a MedMNIST+ folder or qtt:DIR for a Quick-Tune "
+        "tool portfolio folder (builtin for the shipped copies)"
     )
