@@ -10,11 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import wilcoxon
 
 from metallmix.bench.report import (
+    budget_sections,
+    cell_means,
+    comparison_pairs,
+    comparisons_table,
     incumbent_regret,
     load_results,
     main,
+    paired_comparison,
     results_table,
     targets,
     write_report,
@@ -172,7 +178,8 @@ def test_table_has_datasets_as_rows_and_methods_in_the_papers_order(replay_folde
     rows = table_rows(table)
     assert rows["dataset"] == ["zeroshot", "hybrid", "random", "tpe"]
     assert list(rows)[1:3] == ["alpha", "beta"]
-    assert list(rows)[3:] == ["mean normalised regret", "datasets won", "mean training time", "mean response time",
+    assert list(rows)[3:] == ["mean normalised regret", "mean training time", "mean response time",
+                              "mean time to a trained model",
                               "mean training time to within 1 point of the final accuracy", "n trials (mean)"]
     legend = table.splitlines()[0]
     assert "Mode: replay" in legend and "budget: 20 trials;" in legend and "seeds 0, 1" in legend
@@ -185,18 +192,34 @@ def test_other_methods_come_after_the_papers_alphabetically(tmp_path: Path) -> N
     assert rows["dataset"] == ["zeroshot", "zeroshot_llm", "hybrid", "random", "tpe", "asha", "bohb", "bayes", "grid"]
 
 
-def test_cells_are_means_over_seeds_and_the_best_is_bold(replay_folder: Path) -> None:
-    rows = table_rows(results_table(load_results(replay_folder)))
+def test_cells_are_means_over_seeds_and_nothing_claims_a_win(replay_folder: Path) -> None:
+    table = results_table(load_results(replay_folder))
+    rows = table_rows(table)
     zeroshot, hybrid, random, tpe = rows["alpha"]
     assert zeroshot == "85.0 · 60 s · 0.3 s"
     assert random == "80.0 · 20 min · 0.05 s"  # (0.82 + 0.78) / 2; (1100 s + 1300 s) / 2
-    assert hybrid == "**88.0** · 10 min · 0.3 s"
-    assert "**" not in zeroshot + random + tpe
-    # beta: random and tpe tie at 84.0, both bold
-    assert [cell.split(" · ")[0] for cell in rows["beta"]] == ["83.0", "83.0", "**84.0**", "**84.0**"]
-    assert rows["datasets won"] == ["0 / 2", "1 / 2", "1 / 2", "1 / 2"]
+    assert hybrid == "88.0 · 10 min · 0.3 s"
+    assert "**" not in table and "won" not in table  # 2 seeds decide nothing: paired statistics instead
+    assert [cell.split(" · ")[0] for cell in rows["beta"]] == ["83.0", "83.0", "84.0", "84.0"]
     assert [float(r) for r in rows["mean normalised regret"]] == pytest.approx([0.15, 0.1125, 0.2, 0.1375], abs=1e-3)
     assert rows["n trials (mean)"] == ["0.0", "10.0", "20.0", "20.0"]
+    # time to a trained model: the zero-shot response plus its pick's training; a search's whole training
+    assert rows["mean time to a trained model"] == ["60 s", "10 min", "20 min", "25 min"]
+
+
+def test_paired_comparisons_give_the_mean_difference_its_interval_and_p(replay_folder: Path) -> None:
+    results = load_results(replay_folder)
+    assert comparison_pairs(results) == [("zeroshot", "random"), ("zeroshot", "tpe"), ("zeroshot", "hybrid"),
+                                         ("hybrid", "random"), ("hybrid", "tpe")]
+    c = paired_comparison(cell_means(results), "zeroshot", "random")
+    # per dataset: alpha 0.125 - 0.25 = -0.125, beta 0.175 - 0.15 = +0.025
+    assert c["n_datasets"] == 2 and c["difference"] == pytest.approx(-0.05)
+    assert (c["better"], c["ties"], c["worse"]) == (1, 0, 1)
+    assert -0.125 - 1e-12 <= c["ci_low"] <= c["difference"] <= c["ci_high"] <= 0.025 + 1e-12
+    assert c["p_value"] == pytest.approx(wilcoxon([-0.125, 0.025], zero_method="zsplit").pvalue)
+    line = next(line for line in comparisons_table(results).splitlines() if line.startswith("| zeroshot | random |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:4] == ["2", "0.150 vs 0.200"] and cells[4].startswith("-0.050 [") and cells[6] == "1 / 0 / 1"
 
 
 # --- targets -------------------------------------------------------------------------------------
@@ -385,7 +408,7 @@ def test_estimated_compute_is_labelled_and_never_a_duration(estimated_folder: Pa
     zeroshot, hybrid, random = rows["alpha"][:3]
     assert zeroshot == "85.0 · 0.06 PFLOP (est.) · 0.3 s"  # 60 s x 1e12 FLOP/s, the pick's response time
     assert random == "80.0 · 1.2 PFLOP (est.) · –"  # a search's response time is unknown without times
-    assert hybrid.startswith("**88.0** · ")
+    assert hybrid.startswith("88.0 · ")
     assert rows["mean training compute (est.)"][:4] == ["0.06 PFLOP (est.)", "0.6 PFLOP (est.)", "1.2 PFLOP (est.)",
                                                         "1.5 PFLOP (est.)"]
     assert "mean training time" not in rows
@@ -402,9 +425,9 @@ def test_skipped_methods_show_as_not_applicable(estimated_folder: Path, tmp_path
     rows = table_rows(table)
     assert rows["dataset"] == ["zeroshot", "hybrid", "random", "tpe", "asha", "bohb"]
     assert rows["alpha"][4:] == rows["beta"][4:] == ["n/a", "n/a"]
-    for label in ("mean normalised regret", "datasets won", "mean training compute (est.)", "n trials (mean)"):
+    for label in ("mean normalised regret", "mean training compute (est.)", "n trials (mean)"):
         assert rows[label][4:] == ["n/a", "n/a"], label
-    assert rows["datasets won"][:4] == ["0 / 2", "1 / 2", "1 / 2", "1 / 2"]  # as without the skipped methods
+    assert rows["mean training compute (est.) to a trained model"][:2] == ["0.06 PFLOP (est.)", "0.6 PFLOP (est.)"]
     assert "n/a: asha, bohb not applicable (no learning curves in kb: ASHA and BOHB need them)." in table
     hybrid_target = targets(results)[1]
     assert "vs random" in hybrid_target and "vs asha" not in hybrid_target
@@ -421,3 +444,22 @@ def test_seconds_and_estimates_do_not_share_a_report(tmp_path: Path) -> None:
         load_results(write_results(tmp_path / "mixed", results))
     with pytest.raises(DataError, match="every result .* was skipped .*nothing to report"):
         load_results(write_results(tmp_path / "skipped", [skipped("asha", "alpha")]))
+
+
+def test_a_folder_of_several_budgets_gets_a_section_each_and_a_budget_plot(tmp_path: Path) -> None:
+    results = [make_result("zeroshot", d, s, 0.85, n_trials=0) for d in ("alpha", "beta") for s in (0, 1)]
+    for trials, accuracy in ((10, 0.80), (30, 0.84)):
+        results += [{**make_result("random", d, s, accuracy + 0.01 * s, n_trials=trials), "budget":
+                     {"trials": trials, "time_s": None}} for d in ("alpha", "beta") for s in (0, 1)]
+    folder = write_results(tmp_path / "multirun", results)
+    sections = budget_sections(load_results(folder))
+    assert [trials for trials, _ in sections] == [10, 30]
+    assert all(sorted(part["method"].value_counts().items()) == [("random", 4), ("zeroshot", 4)] for _, part in sections)
+    written = write_report(folder)
+    text = written["markdown"].read_text()
+    assert "## Budget: 10 trials" in text and "## Budget: 30 trials" in text and text.count("### Targets") == 2
+    budget_plot = folder / "regret_vs_budget.png"
+    assert budget_plot in written["plots"] and budget_plot.read_bytes().startswith(PNG_SIGNATURE)
+    ten, thirty = (table_rows(s["table"])["mean normalised regret"] for s in written["sections"])
+    assert ten[0] == thirty[0] == "0.125"  # zero-shot's results join every section once
+    assert float(ten[1]) > float(thirty[1])

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from metallmix.bench import FLOPS_ESTIMATE, SECONDS, CostUnit
-from metallmix.bench.search import METRIC, TIME_ATTR
+from metallmix.bench.search import METRIC, ORIGIN_KEY, TIME_ATTR
 from metallmix.bench.space import CANDIDATE_KEY
 from metallmix.errors import ConfigError, DataError
 from metallmix.metadataset.schema import COST_ESTIMATE_COLUMN
@@ -180,6 +180,7 @@ class SearchBudget:
 class TrialRecord:
     config_id: str
     recorded_accuracy: float | None = None  # of the run, once it ran to its end
+    origin: str | None = None  # where the configuration came from (metallmix.bench.search.ORIGINS)
     epochs: int = 0
     cost: float = 0.0  # in the search's cost unit
     best_val: float = -math.inf
@@ -218,8 +219,9 @@ class SearchTracker:
         self.clock = 0.0
         self.trajectory: list[dict[str, float]] = []
 
-    def add_trial(self, trial_id: str, config_id: str, recorded_accuracy: float | None = None) -> TrialRecord:
-        self.records[trial_id] = TrialRecord(config_id, recorded_accuracy)
+    def add_trial(self, trial_id: str, config_id: str, recorded_accuracy: float | None = None,
+                  origin: str | None = None) -> TrialRecord:
+        self.records[trial_id] = TrialRecord(config_id, recorded_accuracy, origin)
         return self.records[trial_id]
 
     def epoch(self, trial_id: str, val_accuracy: float, cost: float, *, completed: bool = False,
@@ -302,7 +304,7 @@ def simulate_search(searcher: Any, scheduler: Any, outcomes: RecordedOutcomes, b
             config_id = str(suggestion[CANDIDATE_KEY])
             if config_id not in outcomes.runs:
                 raise DataError(f"searcher proposed candidate {config_id!r}, which has no recorded run")
-            tracker.add_trial(trial_id, config_id, outcomes.runs[config_id].accuracy)
+            tracker.add_trial(trial_id, config_id, outcomes.runs[config_id].accuracy, suggestion.get(ORIGIN_KEY))
             new = Trial("replay", config=suggestion, trial_id=trial_id, stub=True)
             controller.trials.append(new)
             scheduler.on_trial_add(controller, new)

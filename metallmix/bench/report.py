@@ -4,11 +4,22 @@ Every benchmark job (one method x one held-out dataset x one seed) writes a ``be
 into its job folder. This module gathers them below a multirun folder and writes, next to them:
 
 - ``report.md``: a table in the paper's shape (one row per dataset, one column per method; a cell is
-  the mean accuracy over seeds, the training time and the response time, the best accuracy of each
-  dataset in bold), summary rows (mean normalised regret, datasets won, mean times, trials), and
-  the targets the benchmark is meant to meet (each line PASS, FAIL or n/a, with its numbers);
+  the mean accuracy over seeds, the training time and the response time), summary rows (mean
+  normalised regret, mean times, time to a trained model, trials), paired comparisons over datasets
+  (the mean regret difference with a bootstrap 95% interval and the Wilcoxon signed-rank p-value, as
+  the HPO benchmark papers HPO-B and YAHPO Gym report them, instead of counting "wins" over a few
+  seeds), and the targets the benchmark is meant to meet (each line PASS, FAIL or n/a, with its
+  numbers). A folder of several trial budgets gets one such section per budget;
 - ``regret_vs_time.png``: mean normalised regret of the incumbent against cumulative training time;
-- ``accuracy_vs_training_time.png``: accuracy against training time, one marker per method.
+- ``accuracy_vs_training_time.png``: accuracy against training time, one marker per method;
+- ``regret_vs_budget.png`` (folders of several trial budgets): mean normalised regret against the
+  budget in trials, a band over seeds (min to max of the seeds' means over datasets); zero-shot
+  methods, which train one model, at 1.
+
+**Time to a trained model** is what a user waits for before holding a model: for a zero-shot method
+its response (the prediction) plus the training of its pick, for a search its whole training (its
+answer was trained along the way). Where training is a compute estimate the two do not add, and only
+the training compute is shown.
 
 Normalised regret is (best - accuracy) / (best - worst). In replay mode best and worst are the
 accuracies recorded on the dataset (the result's ``reference``). In train mode there is no record,
@@ -39,6 +50,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy.stats import wilcoxon
 
 from metallmix.bench import COST_UNITS, FLOPS_ESTIMATE, FORMAT_VERSION, RESULT_FILE, SECONDS, CostUnit
 from metallmix.errors import ConfigError, DataError, MetallmixError
@@ -55,11 +67,15 @@ REQUIRED_KEYS = (
 REQUIRED_NESTED_KEYS = {"budget": ("trials", "time_s"), "reference": ("best_accuracy", "worst_accuracy")}
 METHOD_ORDER = ("zeroshot", "zeroshot_llm", "portfolio", "hybrid", "random", "tpe", "asha", "bohb")
 BASELINES = ("random", "tpe", "asha", "bohb")
-MEAN_COLUMNS = ("accuracy", "training_cost", "recommendation_seconds", "normalized_regret", "n_trials", "within_cost")
+MEAN_COLUMNS = ("accuracy", "training_cost", "recommendation_seconds", "normalized_regret", "n_trials", "within_cost",
+                "model_time")
 NOT_APPLICABLE = "n/a"
 REPORT_NAME = "report.md"
 REGRET_PLOT_NAME = "regret_vs_time.png"
 ACCURACY_PLOT_NAME = "accuracy_vs_training_time.png"
+BUDGET_PLOT_NAME = "regret_vs_budget.png"
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
@@ -73,7 +89,8 @@ def load_results(folder: str | Path, mode: str | None = None) -> pd.DataFrame:
     Columns are added: ``regret_best`` and ``regret_worst``, the accuracies the row's regret is
     normalised by (its reference in replay mode, the dataset's pool in train mode); ``skipped`` (why
     the method did not apply, else None); ``cost_unit`` (a ``CostUnit`` name) and the training cost
-    in it, ``training_cost`` and ``within_cost`` (to within 1 point of the final accuracy).
+    in it, ``training_cost``, ``within_cost`` (to within 1 point of the final accuracy) and
+    ``model_time`` (the time, or compute, to a trained model).
     """
     if mode is not None and mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -128,7 +145,8 @@ def select_mode(results: pd.DataFrame, mode: str | None, root: Path) -> pd.DataF
 
 
 def with_costs(results: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Add ``skipped``, ``cost_unit``, ``training_cost`` and ``within_cost`` (see ``load_results``).
+    """Add ``skipped``, ``cost_unit``, ``training_cost``, ``within_cost`` and ``model_time`` (the time to a
+    trained model, module docstring) (see ``load_results``).
 
     A result's cost is in estimated FLOP when it holds ``training_compute_flops_estimate``, else in
     seconds (results written before the estimate fields existed are in seconds). The results that ran
@@ -154,6 +172,10 @@ def with_costs(results: pd.DataFrame, root: Path) -> pd.DataFrame:
     unit = next(u for u in COST_UNITS if u.name == counts.index[0])
     results["training_cost"] = pd.to_numeric(results[unit.total]).where(applied)
     results["within_cost"] = pd.to_numeric(results[unit.within]).where(applied)
+    response = pd.to_numeric(results["recommendation_seconds"]).fillna(0.0)
+    zero_shot = pd.to_numeric(results["n_trials"]) == 0
+    add_response = zero_shot & (unit is SECONDS)  # a search's response is its training; estimates do not add seconds
+    results["model_time"] = (results["training_cost"] + response.where(add_response, 0.0)).where(applied)
     return results
 
 
@@ -220,13 +242,6 @@ def method_means(cells: pd.DataFrame) -> pd.DataFrame:
     return cells.groupby(level="method").mean()
 
 
-def winners(cells: pd.DataFrame) -> dict[str, set[str]]:
-    """Per dataset, the methods whose mean accuracy (as shown, % with 1 decimal) is the best."""
-    shown = (cells["accuracy"] * 100).round(1)
-    return {dataset: set(group.index.get_level_values("method")[(group == group.max()).to_numpy()])
-            for dataset, group in shown.groupby(level="dataset")}
-
-
 def human_duration(seconds: float | None) -> str:
     """Compact duration: seconds below 120 s, minutes below 120 min, else hours; "–" when unknown."""
     if seconds is None or math.isnan(seconds):
@@ -279,15 +294,13 @@ def legend(results: pd.DataFrame) -> str:
     estimate = ("" if unit is SECONDS else
                 " Training compute is the knowledge base's estimate in FLOP (it records no training time); "
                 "a search answers after its training, so its response time is unknown there (–).")
-    return (f"Cell: mean accuracy (%) over seeds {seeds} · {cost_label(unit)} · response time; best accuracy per "
-            f"dataset in **bold**. Mode: {results['mode'].iloc[0]}; budget: {distinct_budgets(ran(results))}; "
+    return (f"Cell: mean accuracy (%) over seeds {seeds} · {cost_label(unit)} · response time. "
+            f"Mode: {results['mode'].iloc[0]}; budget: {distinct_budgets(ran(results))}; "
             f"meta-dataset: {meta_datasets}.{estimate}")
 
 
-def format_cell(means: pd.Series, bold: bool, unit: CostUnit) -> str:
-    accuracy = f"{means['accuracy'] * 100:.1f}"
-    accuracy = f"**{accuracy}**" if bold else accuracy
-    return (f"{accuracy} · {format_cost(means['training_cost'], unit)} · "
+def format_cell(means: pd.Series, unit: CostUnit) -> str:
+    return (f"{means['accuracy'] * 100:.1f} · {format_cost(means['training_cost'], unit)} · "
             f"{human_duration(means['recommendation_seconds'])}")
 
 
@@ -298,9 +311,6 @@ def markdown_row(cells: Iterable[str]) -> str:
 def summary_rows(cells: pd.DataFrame, methods: list[str], unit: CostUnit) -> list[list[str]]:
     """Means over datasets per method; "n/a" for a method that ran on none (skipped everywhere)."""
     means = method_means(cells)
-    best = winners(cells)
-    n_datasets = len(best)
-    won = {m: sum(m in methods_won for methods_won in best.values()) for m in methods}
 
     def row(label: str, show: Any) -> list[str]:
         return [label, *(show(m) if m in means.index else NOT_APPLICABLE for m in methods)]
@@ -308,9 +318,10 @@ def summary_rows(cells: pd.DataFrame, methods: list[str], unit: CostUnit) -> lis
     label = cost_label(unit)
     return [
         row("mean normalised regret", lambda m: f"{means.loc[m, 'normalized_regret']:.3f}"),
-        row("datasets won", lambda m: f"{won[m]} / {n_datasets}"),
         row(f"mean {label}", lambda m: format_cost(means.loc[m, "training_cost"], unit)),
         row("mean response time", lambda m: human_duration(means.loc[m, "recommendation_seconds"])),
+        row("mean time to a trained model" if unit is SECONDS else f"mean {label} to a trained model",
+            lambda m: format_cost(means.loc[m, "model_time"], unit)),
         row(f"mean {label} to within 1 point of the final accuracy",
             lambda m: format_cost(means.loc[m, "within_cost"], unit)),
         row("n trials (mean)", lambda m: f"{means.loc[m, 'n_trials']:.1f}"),
@@ -323,12 +334,11 @@ def results_table(results: pd.DataFrame) -> str:
     cells = cell_means(ran(results))
     unit = cost_unit(results)
     methods = ordered_methods(results["method"])
-    best = winners(cells)
     skipped = set(zip(results.loc[results["skipped"].notna(), "dataset"],
                       results.loc[results["skipped"].notna(), "method"], strict=True))
     lines = [legend(results), "", markdown_row(["dataset", *methods]), markdown_row(["---"] + ["---:"] * len(methods))]
     for dataset in sorted(results["dataset"].unique()):
-        row = [format_cell(cells.loc[(dataset, m)], m in best[dataset], unit) if (dataset, m) in cells.index
+        row = [format_cell(cells.loc[(dataset, m)], unit) if (dataset, m) in cells.index
                else NOT_APPLICABLE if (dataset, m) in skipped else "–" for m in methods]
         lines.append(markdown_row([dataset, *row]))
     lines.extend(markdown_row(row) for row in summary_rows(cells, methods, unit))
@@ -337,6 +347,60 @@ def results_table(results: pd.DataFrame) -> str:
         lines.append("")
         lines.extend(f"{NOT_APPLICABLE}: {', '.join(names)} not applicable ({reason})."
                      for reason, names in reasons.items())
+    return "\n".join(lines)
+
+
+# --- paired comparisons --------------------------------------------------------------------------
+
+
+def comparison_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """What to compare: every zero-shot method with every other method, and the hybrid with every search."""
+    methods = ordered_methods(ran(results)["method"])
+    zero_shot = [m for m in methods if is_zero_shot(results, m)]
+    searches = [m for m in methods if m not in zero_shot and m != "hybrid"]
+    pairs = [(a, b) for i, a in enumerate(zero_shot) for b in [*zero_shot[i + 1:], *searches, "hybrid"] if b in methods]
+    if "hybrid" in methods:
+        pairs += [("hybrid", b) for b in searches]
+    return pairs
+
+
+def paired_comparison(cells: pd.DataFrame, method: str, other: str) -> dict[str, Any]:
+    """Mean regret of two methods over the datasets both ran, the mean of their per-dataset difference
+    (method - other) with a bootstrap 95% interval over datasets, and the Wilcoxon signed-rank p-value."""
+    table = cells["normalized_regret"].unstack("method")[[method, other]].dropna()
+    difference = (table[method] - table[other]).to_numpy()
+    out = {"method": method, "other": other, "n_datasets": len(difference),
+           "mean": float(table[method].mean()) if len(table) else math.nan,
+           "other_mean": float(table[other].mean()) if len(table) else math.nan,
+           "difference": float(difference.mean()) if len(difference) else math.nan,
+           "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
+           "better": int((difference < 0).sum()), "ties": int((difference == 0).sum()), "worse": int((difference > 0).sum())}
+    if len(difference) >= 2:
+        rng = np.random.default_rng(BOOTSTRAP_SEED)
+        draws = rng.choice(difference, size=(BOOTSTRAP_RESAMPLES, len(difference)), replace=True).mean(axis=1)
+        out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+        out["p_value"] = 1.0 if not np.any(difference) else float(wilcoxon(difference, zero_method="zsplit").pvalue)
+    return out
+
+
+def comparisons_table(results: pd.DataFrame) -> str:
+    """Markdown: one row per compared pair (``comparison_pairs``), figures of ``paired_comparison``."""
+    cells = cell_means(ran(results))
+    lines = ["Paired over datasets (per-dataset mean regret over seeds; difference = first - second, negative: the "
+             f"first is better; 95% interval: bootstrap over datasets, {BOOTSTRAP_RESAMPLES:,} resamples; p: "
+             "Wilcoxon signed-rank, two-sided):", "",
+             markdown_row(["first", "second", "datasets", "mean regret", "difference [95% interval]", "p",
+                           "first better / tie / worse"]),
+             markdown_row(["---", "---", "---:", "---:", "---:", "---:", "---:"])]
+    for method, other in comparison_pairs(results):
+        c = paired_comparison(cells, method, other)
+        if c["n_datasets"] == 0:
+            continue
+        interval = "–" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        p = "–" if math.isnan(c["p_value"]) else f"{c['p_value']:.3g}"
+        lines.append(markdown_row([method, other, str(c["n_datasets"]), f"{c['mean']:.3f} vs {c['other_mean']:.3f}",
+                                   f"{c['difference']:+.3f} {interval}", p,
+                                   f"{c['better']} / {c['ties']} / {c['worse']}"]))
     return "\n".join(lines)
 
 
@@ -489,6 +553,35 @@ def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
     return target
 
 
+def plot_regret_vs_budget(results: pd.DataFrame, path: str | Path) -> Path:
+    """PNG: per method, mean normalised regret over datasets against the trial budget, the band spanning
+    the seeds (each seed's mean over datasets); zero-shot methods at 1 (one trained model)."""
+    applied = ran(results)
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    axes.set_xscale("log")
+    axes.set_xlabel("budget: trials (models trained; zero-shot: 1, log scale)")
+    axes.set_ylabel("mean normalised regret over datasets")
+    axes.set_title("Normalised regret against budget (band: range over seeds)")
+    axes.grid(True, which="both", alpha=0.3)
+    for number, method in enumerate(ordered_methods(applied["method"])):
+        rows = applied[applied["method"] == method]
+        zero_shot = is_zero_shot(applied, method)
+        budget = pd.Series(1 if zero_shot else rows["budget"].map(lambda b: b["trials"]), index=rows.index)
+        rows = rows.assign(x=budget).dropna(subset=["x"])
+        if zero_shot:
+            rows = rows.drop_duplicates(["dataset", "seed"])
+        per_seed = rows.groupby(["x", "seed"])["normalized_regret"].mean()
+        summary = per_seed.groupby(level="x").agg(["mean", "min", "max"])
+        style = {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method}
+        axes.plot(summary.index, summary["mean"], **style)
+        axes.fill_between(summary.index, summary["min"], summary["max"], color=style["color"], alpha=0.15)
+    axes.legend(fontsize=8)
+    target = Path(path)
+    save_figure(figure, target)
+    return target
+
+
 def plot_accuracy_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
     """PNG scatter: mean accuracy against mean training cost (time, or the compute estimate), one point per
     (dataset, method); methods that did not apply are left out."""
@@ -515,30 +608,56 @@ def write_text_atomically(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def report_markdown(folder: Path, results: pd.DataFrame, table: str, target_lines: list[str]) -> str:
+def trial_budgets(results: pd.DataFrame) -> list[Any]:
+    """The distinct trial budgets of the searches (None: a time budget only), in increasing order."""
+    searches = results[pd.to_numeric(results["n_trials"]) > 0]
+    return sorted({b["trials"] for b in searches["budget"]}, key=lambda t: (t is None, t or 0))
+
+
+def budget_sections(results: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
+    """(trial budget, results) per budget of the searches; zero-shot results, which no budget changes, join
+    every section once per (method, dataset, seed)."""
+    budgets = trial_budgets(results)
+    if len(budgets) <= 1:
+        return [(budgets[0] if budgets else None, results)]
+    trials = results["budget"].map(lambda b: b["trials"])
+    zero_shot = results["method"].map(lambda m: is_zero_shot(results, m))
+    shared = results[zero_shot].drop_duplicates(["method", "dataset", "seed"])
+    return [(t, pd.concat([shared, results[~zero_shot & (trials == t)]], ignore_index=True)) for t in budgets]
+
+
+def report_markdown(folder: Path, results: pd.DataFrame, sections: list[dict[str, Any]], plots: list[Path]) -> str:
     n_skipped = int(results["skipped"].notna().sum())
     shape = (f"{len(results)} results: {results['method'].nunique()} methods x "
              f"{results['dataset'].nunique()} datasets x {results['seed'].nunique()} seeds"
              + (f"; {n_skipped} of them not applicable" if n_skipped else ""))
-    return "\n".join([
-        "# Benchmark report", "", f"Results below `{folder}` ({shape}).", "", table, "",
-        "## Targets", "", *(f"- {line}" for line in target_lines), "",
-        "## Plots", "", f"![normalised regret against training time]({REGRET_PLOT_NAME})", "",
-        f"![accuracy against training time]({ACCURACY_PLOT_NAME})", "",
-    ])
+    lines = ["# Benchmark report", "", f"Results below `{folder}` ({shape})."]
+    several = len(sections) > 1
+    for section in sections:
+        if several:
+            lines += ["", f"## Budget: {section['trials']} trials"]
+        lines += ["", section["table"], "", section["comparisons"], "", f"{'###' if several else '##'} Targets", "",
+                  *(f"- {line}" for line in section["targets"])]
+    lines += ["", "## Plots", ""] + [f"![{plot.stem.replace('_', ' ')}]({plot.name})\n" for plot in plots]
+    return "\n".join(lines)
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, mode: str | None = None) -> dict[str, Any]:
-    """Write report.md and the two plots into ``out`` (default: ``folder``); returns what was written."""
+    """Write report.md and the plots into ``out`` (default: ``folder``); returns what was written."""
     results = load_results(folder, mode=mode)
     out_dir = Path(out) if out is not None else Path(folder)
-    table = results_table(results)
-    target_lines = targets(results)
-    plots = [plot_regret_vs_time(results, out_dir / REGRET_PLOT_NAME),
-             plot_accuracy_vs_time(results, out_dir / ACCURACY_PLOT_NAME)]
+    sections = [{"trials": trials, "table": results_table(part), "comparisons": comparisons_table(part),
+                 "targets": targets(part)} for trials, part in budget_sections(results)]
+    largest = budget_sections(results)[-1][1]
+    plots = [plot_regret_vs_time(largest, out_dir / REGRET_PLOT_NAME),
+             plot_accuracy_vs_time(largest, out_dir / ACCURACY_PLOT_NAME)]
+    if len(sections) > 1:
+        plots.append(plot_regret_vs_budget(results, out_dir / BUDGET_PLOT_NAME))
     markdown = out_dir / REPORT_NAME
-    write_text_atomically(markdown, report_markdown(Path(folder), results, table, target_lines))
-    return {"markdown": markdown, "plots": plots, "table": table, "targets": target_lines}
+    write_text_atomically(markdown, report_markdown(Path(folder), results, sections, plots))
+    return {"markdown": markdown, "plots": plots, "sections": sections,
+            "table": "\n\n".join(s["table"] for s in sections),
+            "targets": [line for s in sections for line in s["targets"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,8 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     except MetallmixError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(written["table"], "", *written["targets"], "", f"wrote {written['markdown']}",
-          *(f"wrote {plot}" for plot in written["plots"]), sep="\n")
+    for section in written["sections"]:
+        print(section["table"], "", section["comparisons"], "", *section["targets"], "", sep="\n")
+    print(f"wrote {written['markdown']}", *(f"wrote {plot}" for plot in written["plots"]), sep="\n")
     return 0
 
 

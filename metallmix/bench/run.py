@@ -11,10 +11,26 @@ Methods:
 - ``zeroshot_llm``: the configured LLM's pick from the meta-learner's shortlist (``llm_engine=...``).
 - ``portfolio``: the configuration best on average over the training datasets
   (``metallmix.evaluate.portfolio_pick``: accuracy min-max normalised within each dataset), trained
-  once; no search, and nothing learnt from meta-features.
-- ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``), the
-  default configuration of the search space (``default_configs``) evaluated first.
+  once; no search, and nothing learnt from meta-features. Where no configuration was run on two
+  training datasets (Quick-Tune) there is no portfolio: the job writes a ``skipped`` result.
+- ``nearest_dataset``: the best configuration of the training dataset nearest in meta-features
+  (``metallmix.retrieval``, as ``metallmix.evaluate.nearest_dataset_pick``), trained once.
+- ``portfolio_k``, ``nearest_dataset_k``: their ranked lists, tried in order under the search budget
+  (k = ``budget.trials``; a time budget stops the list as it stops a search): the portfolio's configs
+  best first (``metalearner.portfolio_scores``), and the best configuration of each training dataset,
+  nearest first, then their second best in the same order (the warm start of Feurer et al., 2015:
+  the best configurations of the most similar datasets; one per dataset before any second, so that
+  one misleading neighbour does not fill the list). Each config becomes its own candidate, else the
+  closest one not tried yet (``ranked_candidates``).
+- ``random``, ``tpe``, ``asha``, ``bohb``: Tune HPO baselines (``metallmix.bench.search``) from their
+  first trial; TPE and BOHB model within the budget (``search.startup_trials``).
+- ``random+default``, ``tpe+default``, ``asha+default``, ``bohb+default``: the same, the default
+  configuration of the search space (``default_configs``) evaluated first.
 - ``hybrid``: TPE seeded with the zero-shot top ``hybrid.seed_points`` candidates.
+
+Each trial of a result records where its configuration came from (``origin``: default, seed,
+portfolio, nearest_dataset, startup, model, random; ``metallmix.bench.search``), and the result the
+number of model-based trials (``model_based_trials``).
 
 The held-out dataset, and every dataset derived from it, is removed from the meta-dataset before
 anything is fitted. Modes: ``replay`` (outcomes looked up from the held-out dataset's recorded runs,
@@ -43,7 +59,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,19 +68,27 @@ import pandas as pd
 
 from metallmix.bench import COST_UNITS, FORMAT_VERSION, RESULT_FILE, SECONDS, CostUnit
 from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome, simulate_search
-from metallmix.bench.search import CURVE_METHODS, HPO_METHODS, build_search
+from metallmix.bench.search import (CURVE_METHODS, DEFAULT_FIRST_METHODS, DEFAULT_VARIANT, HPO_METHODS,
+                                    MODEL_ORIGIN, build_list_search, build_search)
 from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError
-from metallmix.evaluate import normalized_regret, portfolio_pick
+from metallmix.evaluate import closest_candidate, normalized_regret, portfolio_pick
 from metallmix.formatting import format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
-from metallmix.metadataset.schema import config_columns, without_family
-from metallmix.metalearner import PORTFOLIO_NOT_APPLICABLE, MetaLearner, default_params, portfolio_applicable
+from metallmix.metadataset.schema import config_columns, row_config, without_family
+from metallmix.metalearner import (PORTFOLIO_NOT_APPLICABLE, MetaLearner, config_id, default_params,
+                                   portfolio_applicable, portfolio_scores)
 from metallmix.metadataset.store import atomic_write
+from metallmix.retrieval import RetrievalIndex
 
-ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm", "portfolio")  # no trial before the answer; one trained model
-METHODS = ZERO_SHOT_METHODS + HPO_METHODS
-META_LEARNED_METHODS = ("zeroshot", "zeroshot_llm", "hybrid")  # fit on the meta-dataset first
+ZERO_SHOT_METHODS = ("zeroshot", "zeroshot_llm", "portfolio", "nearest_dataset")  # no trial before the answer; one trained model
+ANCHOR_LISTS = {"portfolio_k": "portfolio", "nearest_dataset_k": "nearest_dataset"}  # ranked zero-shot lists, tried in order
+SEARCH_METHODS = HPO_METHODS + DEFAULT_FIRST_METHODS
+METHODS = ZERO_SHOT_METHODS + tuple(ANCHOR_LISTS) + SEARCH_METHODS
+META_LEARNED_METHODS = ("zeroshot", "zeroshot_llm", "hybrid")  # fit the meta-learner first
+RETRIEVAL_METHODS = ("nearest_dataset", "nearest_dataset_k")  # fit the retrieval index first
+PORTFOLIO_METHODS = ("portfolio", "portfolio_k")
+OFFLINE_FIT_METHODS = META_LEARNED_METHODS + RETRIEVAL_METHODS  # their results report the fit apart (fit_seconds)
 MODES = ("replay", "train")
 WITHIN = 0.01  # "within 1% of the final best": 0.01 accuracy
 
@@ -141,6 +165,64 @@ def portfolio_choice(spec: str, held_out: str, meta_features: dict[str, float],
     return str(pick), time.perf_counter() - started
 
 
+def ranked_candidates(configs: Iterable[Mapping[str, Any]], candidates: pd.DataFrame, limit: int) -> list[str]:
+    """The candidates of ranked configs (keys without prefix), in order, each taken once, at most
+    ``limit``: the candidate with the same config where there is one not taken yet, else the closest
+    one not taken (``evaluate.closest_candidate``), as ``evaluate.portfolio_pick`` maps its one config."""
+    ids: dict[str, str] = {}
+    for index, row in zip(candidates.index, candidates.to_dict("records"), strict=True):
+        ids.setdefault(config_id(row_config(row)), str(index))
+    picked: list[str] = []
+    for config in configs:
+        if len(picked) >= min(limit, len(candidates)):
+            break
+        same = ids.get(config_id(dict(config)))
+        picked.append(same if same is not None and same not in picked
+                      else str(closest_candidate(dict(config), candidates.drop(index=picked))))
+    return picked
+
+
+def portfolio_ranking(spec: str, held_out: str, candidates: pd.DataFrame, limit: int) -> tuple[list[str], float]:
+    """``portfolio_k``'s list: the configs of ``metalearner.portfolio_scores`` on the meta-dataset without
+    ``held_out``'s family, best first, as candidates (``ranked_candidates``); and the seconds it took."""
+    train_df = without_family(meta_dataset(spec), held_out)
+    started = time.perf_counter()
+    ranked = ranked_candidates(portfolio_scores(train_df)["config"], candidates, limit)
+    return ranked, time.perf_counter() - started
+
+
+def nearest_dataset_ranking(spec: str, held_out: str, meta_features: dict[str, float], candidates: pd.DataFrame,
+                            limit: int) -> tuple[list[str], float, float]:
+    """``nearest_dataset(_k)``'s list: the best config of each training dataset, nearest in meta-features
+    first (``retrieval.RetrievalIndex`` fitted without ``held_out``'s family), then their second best in
+    the same order, and so on, as candidates (``ranked_candidates``); the seconds of the query and
+    mapping; the (offline) index fit's seconds. Its first entry is ``evaluate.nearest_dataset_pick``'s."""
+    params = {"n_top_configs": limit}
+    index, fit_seconds = fitted_without("retrieval", lambda: RetrievalIndex(**params), spec, held_out, params)
+    started = time.perf_counter()
+    neighbours = index.query(meta_features, k=len(index))
+    configs = [n["top_configs"][rank]["config"] for rank in range(limit) for n in neighbours
+               if rank < len(n["top_configs"])]
+    ranked = ranked_candidates(configs, candidates, limit)
+    return ranked, time.perf_counter() - started, fit_seconds
+
+
+def anchor_ranking(cfg: Mapping[str, Any], method: str, held_out: str, meta_features: dict[str, float],
+                   candidates: pd.DataFrame, limit: int) -> tuple[list[str], float, float | None]:
+    """The ranked candidates of a portfolio or nearest-dataset method (``limit`` of them), the seconds it
+    took to rank them, and the offline fit's seconds (None: nothing fitted offline)."""
+    spec = str(cfg["meta_dataset"])
+    if method in PORTFOLIO_METHODS:
+        return (*portfolio_ranking(spec, held_out, candidates, limit), None)
+    return nearest_dataset_ranking(spec, held_out, meta_features, candidates, limit)
+
+
+def list_limit(budget: SearchBudget, candidates: pd.DataFrame) -> int:
+    """How long a ranked list of a k-trial method is: the trial budget (k), or every candidate when the
+    budget is in time only (it stops the list as it stops a search)."""
+    return min(int(budget.trials), len(candidates)) if budget.trials is not None else len(candidates)
+
+
 def learner_params(spec: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The meta-learner settings of a job: those the recommender uses for this knowledge base
     (``metalearner.default_params``), updated by the job's ``learner`` overrides."""
@@ -158,15 +240,39 @@ def zero_shot_ranking(spec: str, held_out: str, meta_features: dict[str, float],
     return [str(c) for c in order], time.perf_counter() - started, fit_seconds
 
 
-def first_points(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str],
-                 space_name: str) -> list[dict]:
-    """Points the search evaluates first: the zero-shot top-k for the hybrid, else the default config
-    of the search space (``default_configs``), when one is given."""
+def searcher_of(method: str) -> str:
+    """The HPO method a search method runs: ``tpe`` for ``tpe`` and ``tpe+default``."""
+    return method.removesuffix(DEFAULT_VARIANT)
+
+
+def first_candidates(cfg: Mapping[str, Any], method: str, space: CandidateSpace, ranking: list[str],
+                     space_name: str) -> tuple[list[str], str]:
+    """Candidates a search evaluates first, and their origin: the zero-shot top ``hybrid.seed_points``
+    for the hybrid ("seed"), the closest candidate to the search space's default configuration
+    (``default_configs``) for ``METHOD+default`` ("default"), none for the others."""
     if method == "hybrid":
         k = int((cfg.get("hybrid") or {}).get("seed_points", 1))
-        return [space.point_of(c) for c in ranking[:k]]
-    default = (cfg.get("default_configs") or {}).get(space_name)
-    return [space.point_of(space.nearest(dict(default)))] if default else []
+        return ranking[:k], "seed"
+    if method.endswith(DEFAULT_VARIANT):
+        default = (cfg.get("default_configs") or {}).get(space_name)
+        if not default:
+            raise ConfigError(f"method={method} evaluates the default configuration of search space {space_name!r} "
+                              f"first, but default_configs has none for it: add default_configs.{space_name}: "
+                              f"{{...}} (conf/bench.yaml), or use method={searcher_of(method)}")
+        return [space.nearest(dict(default))], "default"
+    return [], "default"
+
+
+def budget_trials(budget: SearchBudget, median_cost: float | None = None) -> float | None:
+    """The budget in trials, which sets when TPE and BOHB start modelling (``search.startup_trials``):
+    ``budget.trials``, or the number of median-cost runs a time budget pays for (replay: ``median_cost``
+    known), the smaller of the two; None where neither is known (a time budget in train mode)."""
+    limits = [float(budget.trials)] if budget.trials is not None else []
+    if median_cost:
+        time_limit = budget.time_limit(median_cost)
+        if time_limit is not None:
+            limits.append(time_limit / median_cost)
+    return min(limits) if limits else None
 
 
 def within_cost(trajectory: list[dict[str, float]], final: float | None, unit: CostUnit = SECONDS) -> float | None:
@@ -189,16 +295,17 @@ def search_document(outcome: SearchOutcome, space: CandidateSpace) -> dict[str, 
         "best_config": space.config_of(outcome.incumbent) if outcome.incumbent is not None else None,
         **cost_fields(unit, outcome.training_cost, within_cost(outcome.trajectory, outcome.accuracy, unit)),
         "n_trials": len(outcome.trials),
+        "model_based_trials": sum(t.origin == MODEL_ORIGIN for t in outcome.trials),
         "trajectory": outcome.trajectory,
-        "trials": [{"config_id": t.config_id, "accuracy": t.accuracy, "epochs": t.epochs, unit.trial: t.cost}
-                   for t in outcome.trials],
+        "trials": [{"config_id": t.config_id, "origin": t.origin, "accuracy": t.accuracy, "epochs": t.epochs,
+                    unit.trial: t.cost} for t in outcome.trials],
     }
 
 
 def skipped_document(reason: str) -> dict[str, Any]:
     """The result of a job whose method does not apply: every field present, nothing measured."""
     return {"skipped": reason, "accuracy": None, "best_config": None, **cost_fields(SECONDS, None, None),
-            "n_trials": 0, "trajectory": [], "trials": [], "recommendation_seconds": None}
+            "n_trials": 0, "model_based_trials": 0, "trajectory": [], "trials": [], "recommendation_seconds": None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,11 +325,11 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     outcomes = RecordedOutcomes(held_out)
     outcomes.time_limit(budget)  # a time budget on runs without recorded times is refused before any work
     reference = {"best_accuracy": outcomes.best, "worst_accuracy": outcomes.worst}
-    if method in CURVE_METHODS and not outcomes.has_curves:
+    if searcher_of(method) in CURVE_METHODS and not outcomes.has_curves:
         reason = f"no learning curves in {spec}: ASHA and BOHB need per-epoch results to stop or pause a run"
         return {"dataset": dataset, **skipped_document(reason), "normalized_regret": None, "reference": reference,
                 "fit_seconds": None}
-    if method == "portfolio" and not portfolio_applicable(without_family(df, dataset)):
+    if method in PORTFOLIO_METHODS and not portfolio_applicable(without_family(df, dataset)):
         return {"dataset": dataset, **skipped_document(f"{spec}: {PORTFOLIO_NOT_APPLICABLE}"), "normalized_regret": None,
                 "reference": reference, "fit_seconds": None}
     candidates = held_out.set_index("run_id")[config_columns(held_out)]
@@ -231,10 +338,14 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
     seed = int(cfg.get("seed", 0))
 
     ranking: list[str] = []
-    predict_seconds = fit_seconds = 0.0
+    predict_seconds = 0.0
+    fit_seconds: float | None = None
     if method in ("zeroshot", "hybrid"):
         ranking, predict_seconds, fit_seconds = zero_shot_ranking(spec, dataset, meta_features, candidates,
                                                                   cfg.get("learner") or {})
+    elif method == "nearest_dataset" or method in ANCHOR_LISTS:
+        limit = 1 if method == "nearest_dataset" else list_limit(budget, candidates)
+        ranking, predict_seconds, fit_seconds = anchor_ranking(cfg, method, dataset, meta_features, candidates, limit)
     document: dict[str, Any]
     if method in ZERO_SHOT_METHODS:
         extra: dict[str, Any] = {}
@@ -252,14 +363,20 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
             "best_config": space.config_of(pick),
             **cost_fields(outcomes.unit, run.cost, run.cost),
             "n_trials": 0,
+            "model_based_trials": 0,
             "trajectory": [{outcomes.unit.point: run.cost, "accuracy": run.accuracy}],
             "trials": [],
             "recommendation_seconds": predict_seconds,
             **extra,
         }
     else:
-        points = first_points(cfg, method, space, ranking, str(held_out["search_space"].iloc[0]))
-        searcher, scheduler = build_search(method, space, seed=seed, first_points=points, max_epochs=outcomes.max_epochs)
+        if method in ANCHOR_LISTS:
+            searcher, scheduler = build_list_search(space, ranking, ANCHOR_LISTS[method])
+        else:
+            first, origin = first_candidates(cfg, method, space, ranking, str(held_out["search_space"].iloc[0]))
+            searcher, scheduler = build_search(searcher_of(method), space, seed=seed, max_epochs=outcomes.max_epochs,
+                                               first=first, first_origin=origin,
+                                               budget_trials=budget_trials(budget, outcomes.median_cost()))
         outcome = simulate_search(searcher, scheduler, outcomes, budget)
         training = outcome.training_seconds  # a search answers after its training; unknown without recorded times
         document = {**search_document(outcome, space),
@@ -269,7 +386,7 @@ def _run_replay(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> di
         **document,
         "normalized_regret": _regret(document["accuracy"], outcomes.best, outcomes.worst),
         "reference": reference,
-        "fit_seconds": fit_seconds if method in META_LEARNED_METHODS else None,
+        "fit_seconds": fit_seconds if method in OFFLINE_FIT_METHODS else None,
     }
 
 

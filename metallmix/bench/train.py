@@ -20,10 +20,9 @@ from typing import Any
 
 import pandas as pd
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
 
 from metallmix.bench.replay import SearchBudget, SearchTracker
-from metallmix.bench.search import METRIC, CandidateSearcher, RandomSearcher, build_search
+from metallmix.bench.search import METRIC, ORIGIN_KEY, build_list_search, build_search
 from metallmix.bench.space import CANDIDATE_KEY, CandidateSpace
 from metallmix.errors import ConfigError
 from metallmix.metadataset.schema import CFG_PREFIX, row_config
@@ -116,9 +115,13 @@ def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
 
 
 def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict[str, Any]:
-    from metallmix.bench.run import (META_LEARNED_METHODS, ZERO_SHOT_METHODS, first_points, portfolio_choice,
-                                      search_document, zero_shot_ranking)
+    from metallmix.bench.run import (ANCHOR_LISTS, META_LEARNED_METHODS, OFFLINE_FIT_METHODS, PORTFOLIO_METHODS,
+                                      ZERO_SHOT_METHODS, anchor_ranking, budget_trials, first_candidates, list_limit,
+                                      meta_dataset, portfolio_choice, search_document, searcher_of, skipped_document,
+                                      zero_shot_ranking)
     from metallmix.data import compute_meta_features, dataset_id, load_dataset
+    from metallmix.metadataset.schema import without_family
+    from metallmix.metalearner import PORTFOLIO_NOT_APPLICABLE, portfolio_applicable
     from metallmix.training import check_weights_available
 
     train_cfg = dict(cfg.get("train") or {})
@@ -126,6 +129,11 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     allow_download = bool(train_cfg.get("allow_download", False))
     dataset_cfg = held_out_dataset_config(cfg["held_out"])
     held_out_id = dataset_id(dataset_cfg)
+    spec = str(cfg["meta_dataset"])
+    unscored = {"normalized_regret": None, "reference": {"best_accuracy": None, "worst_accuracy": None}}
+    if method in PORTFOLIO_METHODS and not portfolio_applicable(without_family(meta_dataset(spec), held_out_id)):
+        return {"dataset": held_out_id, **skipped_document(f"{spec}: {PORTFOLIO_NOT_APPLICABLE}"), **unscored,
+                "fit_seconds": None}
     dataset = load_dataset(dataset_cfg)
     started = time.perf_counter()
     meta_features = compute_meta_features(dataset)
@@ -137,7 +145,8 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     space = CandidateSpace(candidates)
 
     ranking: list[str] = []
-    predict_seconds = fit_seconds = 0.0
+    predict_seconds = 0.0
+    fit_seconds: float | None = None
     extra: dict[str, Any] = {}
     if method in META_LEARNED_METHODS:
         if method == "zeroshot_llm":
@@ -146,18 +155,25 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
             pick, predict_seconds, fit_seconds, extra = llm_pick(cfg, held_out_id, meta_features, candidates)
             ranking = [pick]
         else:
-            ranking, predict_seconds, fit_seconds = zero_shot_ranking(str(cfg["meta_dataset"]), held_out_id,
-                                                                      meta_features, candidates, cfg.get("learner") or {})
+            ranking, predict_seconds, fit_seconds = zero_shot_ranking(spec, held_out_id, meta_features, candidates,
+                                                                      cfg.get("learner") or {})
     elif method == "portfolio":
-        pick, predict_seconds = portfolio_choice(str(cfg["meta_dataset"]), held_out_id, meta_features, candidates)
+        pick, predict_seconds = portfolio_choice(spec, held_out_id, meta_features, candidates)
         ranking = [pick]
+    elif method == "nearest_dataset" or method in ANCHOR_LISTS:
+        limit = 1 if method == "nearest_dataset" else list_limit(budget, candidates)
+        ranking, predict_seconds, fit_seconds = anchor_ranking(cfg, method, held_out_id, meta_features, candidates, limit)
     max_epochs = max(int(c.get("epochs", 1)) for c in configs.values())  # k-NN configs train no epoch
     if method in ZERO_SHOT_METHODS:  # one trial: the pick
-        searcher = CandidateSearcher(RandomSearcher(seed=seed, points_to_evaluate=[space.point_of(ranking[0])]), space)
-        scheduler, n_trials = FIFOScheduler(), 1
+        searcher, scheduler = build_list_search(space, ranking[:1], "seed")
+        n_trials = 1
     else:
-        points = first_points(cfg, method, space, ranking, str(cfg["space"].get("name", "")))
-        searcher, scheduler = build_search(method, space, seed=seed, max_epochs=max_epochs, first_points=points)
+        if method in ANCHOR_LISTS:
+            searcher, scheduler = build_list_search(space, ranking, ANCHOR_LISTS[method])
+        else:
+            first, origin = first_candidates(cfg, method, space, ranking, str(cfg["space"].get("name", "")))
+            searcher, scheduler = build_search(searcher_of(method), space, seed=seed, max_epochs=max_epochs, first=first,
+                                               first_origin=origin, budget_trials=budget_trials(budget))
         n_trials = budget.trials if budget.trials is not None else -1
 
     _ensure_ray(train_cfg.get("ray") or {})
@@ -180,17 +196,17 @@ def run_train(cfg: Mapping[str, Any], method: str, budget: SearchBudget) -> dict
     outcome = collector.tracker.outcome()
     document = search_document(outcome, space)
     if method in ZERO_SHOT_METHODS:
-        document.update(n_trials=0, recommendation_seconds=meta_features_seconds + predict_seconds,
+        document.update(n_trials=0, model_based_trials=0, recommendation_seconds=meta_features_seconds + predict_seconds,
                         trials=[], time_to_within_1pct_seconds=outcome.training_seconds)
     else:
+        ranked_first = method == "hybrid" or method in ANCHOR_LISTS  # they rank candidates before the search
         document["recommendation_seconds"] = search_seconds + (meta_features_seconds + predict_seconds
-                                                              if method == "hybrid" else 0.0)
+                                                              if ranked_first else 0.0)
     return {
         "dataset": held_out_id,
         **document,
-        "normalized_regret": None,
-        "reference": {"best_accuracy": None, "worst_accuracy": None},
-        "fit_seconds": fit_seconds if method in META_LEARNED_METHODS else None,
+        **unscored,
+        "fit_seconds": fit_seconds if method in OFFLINE_FIT_METHODS else None,
         **extra,
     }
 
@@ -203,7 +219,7 @@ class EpochCollector(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self.tracker.records:
-            self.tracker.add_trial(trial.trial_id, str(trial.config[CANDIDATE_KEY]))
+            self.tracker.add_trial(trial.trial_id, str(trial.config[CANDIDATE_KEY]), origin=trial.config.get(ORIGIN_KEY))
         final = result.get("test_accuracy")
         self.tracker.epoch(trial.trial_id, float(result[METRIC]), float(result.get("epoch_seconds") or 0.0),
                            completed=final is not None, final_accuracy=final)
