@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = commands.add_parser("recommend", help="recommend a config for a dataset, with evidence")
     rec.add_argument("--meta-dataset", metavar="SPEC",
-                     help="knowledge base: PATH.parquet, a store folder, quicktune:DIR or medmnistplus:DIR (builtin: the "
+                     help="knowledge base: PATH.parquet, a store folder, quicktune:DIR, medmnistplus:DIR or qtt:DIR (builtin: the "
                           "shipped copies). Default: medmnistplus:builtin for a medical dataset (a MedMNIST file or a "
                           f"--modality), else {DEFAULT_META_DATASET}")
     source = rec.add_mutually_exclusive_group(required=True)

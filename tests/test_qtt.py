@@ -206,3 +206,18 @@ def test_replay_accepts_each_held_out_dataset(kb: pd.DataFrame) -> None:
         assert outcomes.max_epochs == (21 if dataset == "desmoid" else 25)
         costs = {run_id: run.cost for run_id, run in outcomes.runs.items()}
         assert costs == pytest.approx(dict(zip(runs["run_id"], runs["cost_seconds"], strict=True)))
+
+
+@pytest.mark.parametrize("method", ["asha", "bohb"])
+def test_curve_based_searches_replay_on_it(method: str) -> None:
+    """ASHA and BOHB stop runs between epochs of the recorded curves (fewer epochs than 10 whole runs);
+    BOHB models within a budget of 10 trials."""
+    from metallmix.bench.run import run_benchmark
+
+    result = run_benchmark({"mode": "replay", "method": method, "held_out": "desmoid", "meta_dataset": "qtt:builtin",
+                            "budget": {"trials": 10}, "seed": 0})
+    assert "skipped" not in result and result["n_trials"] == 10
+    assert sum(t["epochs"] for t in result["trials"]) < 10 * 21  # some runs were stopped early
+    assert 0 <= result["normalized_regret"] <= 1
+    if method == "bohb":
+        assert result["model_based_trials"] > 0

@@ -65,7 +65,9 @@ REQUIRED_KEYS = (
     "time_to_within_1pct_seconds", "n_trials", "trajectory", "trials", "wall_seconds", "fit_seconds",
 )
 REQUIRED_NESTED_KEYS = {"budget": ("trials", "time_s"), "reference": ("best_accuracy", "worst_accuracy")}
-METHOD_ORDER = ("zeroshot", "zeroshot_llm", "portfolio", "hybrid", "random", "tpe", "asha", "bohb")
+METHOD_ORDER = ("zeroshot", "zeroshot_llm", "portfolio", "nearest_dataset", "portfolio_k", "nearest_dataset_k", "hybrid",
+                "random", "random+default", "tpe", "tpe+default", "asha", "asha+default", "bohb", "bohb+default")
+META_LEARNED = ("zeroshot", "zeroshot_llm", "hybrid")  # what the paired comparisons are about
 BASELINES = ("random", "tpe", "asha", "bohb")
 MEAN_COLUMNS = ("accuracy", "training_cost", "recommendation_seconds", "normalized_regret", "n_trials", "within_cost",
                 "model_time")
@@ -227,7 +229,8 @@ def accuracy_pools(results: pd.DataFrame) -> tuple[dict[str, float], dict[str, f
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
-    """The paper's methods in the paper's order, then any others alphabetically."""
+    """The known methods (zero-shot, ranked lists, hybrid, searches) in ``METHOD_ORDER``, then any others
+    alphabetically."""
     present = set(methods)
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
@@ -320,8 +323,8 @@ def summary_rows(cells: pd.DataFrame, methods: list[str], unit: CostUnit) -> lis
         row("mean normalised regret", lambda m: f"{means.loc[m, 'normalized_regret']:.3f}"),
         row(f"mean {label}", lambda m: format_cost(means.loc[m, "training_cost"], unit)),
         row("mean response time", lambda m: human_duration(means.loc[m, "recommendation_seconds"])),
-        row("mean time to a trained model" if unit is SECONDS else f"mean {label} to a trained model",
-            lambda m: format_cost(means.loc[m, "model_time"], unit)),
+        *([row("mean time to a trained model", lambda m: format_cost(means.loc[m, "model_time"], unit))]
+          if unit is SECONDS else []),  # compute: the training compute above is already all of it
         row(f"mean {label} to within 1 point of the final accuracy",
             lambda m: format_cost(means.loc[m, "within_cost"], unit)),
         row("n trials (mean)", lambda m: f"{means.loc[m, 'n_trials']:.1f}"),
@@ -354,13 +357,14 @@ def results_table(results: pd.DataFrame) -> str:
 
 
 def comparison_pairs(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """What to compare: every zero-shot method with every other method, and the hybrid with every search."""
+    """What to compare: each meta-learned method (``META_LEARNED``) with every other method, the others
+    first in ``METHOD_ORDER``, each pair once; without a meta-learned method, the first method with the rest."""
     methods = ordered_methods(ran(results)["method"])
-    zero_shot = [m for m in methods if is_zero_shot(results, m)]
-    searches = [m for m in methods if m not in zero_shot and m != "hybrid"]
-    pairs = [(a, b) for i, a in enumerate(zero_shot) for b in [*zero_shot[i + 1:], *searches, "hybrid"] if b in methods]
-    if "hybrid" in methods:
-        pairs += [("hybrid", b) for b in searches]
+    leaders = [m for m in META_LEARNED if m in methods] or methods[:1]
+    others = [m for m in methods if m not in leaders] + leaders
+    pairs: list[tuple[str, str]] = []
+    for leader in leaders:
+        pairs += [(leader, m) for m in others if m != leader and (m, leader) not in pairs]
     return pairs
 
 
@@ -509,6 +513,16 @@ def positive_floor(times: Iterable[float]) -> float:
     return min(positive) / 2 if positive else 1.0
 
 
+def method_style(method: str, methods: list[str]) -> dict[str, Any]:
+    """Plot style of a method among ``methods``: one colour and marker per searcher, a ``+default``
+    variant dashed in its searcher's colour."""
+    base = method.removesuffix("+default")
+    bases = list(dict.fromkeys(m.removesuffix("+default") for m in methods))
+    number = bases.index(base)
+    return {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method,
+            "linestyle": "--" if method != base else "-"}
+
+
 def save_figure(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
@@ -528,26 +542,31 @@ def new_axes(title: str, ylabel: str, unit: CostUnit) -> tuple[Figure, Any]:
 
 def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
     """PNG: per method, the mean incumbent regret over (dataset, seed) results against training cost
-    (time, or the compute estimate); methods that did not apply are left out."""
+    (time, or the compute estimate), a band spanning the seeds (each seed's mean over datasets); methods
+    that did not apply are left out."""
     unit = cost_unit(results)
     results = ran(results)
     trajectories = {index: trajectory_points(row, unit) for index, row in results.iterrows()}
     all_times = np.concatenate([times for times, _ in trajectories.values()])
     end, floor = float(all_times.max()), positive_floor(all_times)
     figure, axes = new_axes("Normalised regret of the incumbent", "mean normalised regret", unit)
-    for number, method in enumerate(ordered_methods(results["method"])):
+    methods = ordered_methods(results["method"])
+    for method in methods:
         rows = results[results["method"] == method]
-        style = {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method}
+        style = method_style(method, methods)
         if is_zero_shot(results, method):
             point_time = float(np.mean([trajectories[i][0][-1] for i in rows.index]))
             point_regret = float(np.mean([trajectories[i][1][-1] for i in rows.index]))
-            axes.plot([max(point_time, floor)], [point_regret], linestyle="none", markersize=9, **style)
+            axes.plot([max(point_time, floor)], [point_regret], markersize=9, **{**style, "linestyle": "none"})
             axes.hlines(point_regret, max(point_time, floor), max(end, point_time, floor), colors=style["color"])
         else:
             grid = np.unique(np.concatenate([[0.0, end], *(trajectories[i][0] for i in rows.index)]))
-            mean_regret = np.mean([incumbent_regret(row, grid, unit) for _, row in rows.iterrows()], axis=0)
-            axes.plot(np.maximum(grid, floor), mean_regret, drawstyle="steps-post", markevery=[-1], **style)
-    axes.legend()
+            regret = pd.DataFrame([incumbent_regret(row, grid, unit) for _, row in rows.iterrows()], index=rows.index)
+            per_seed = regret.groupby(rows["seed"]).mean()
+            axes.plot(np.maximum(grid, floor), regret.mean().to_numpy(), drawstyle="steps-post", markevery=[-1], **style)
+            axes.fill_between(np.maximum(grid, floor), per_seed.min().to_numpy(), per_seed.max().to_numpy(),
+                              step="post", color=style["color"], alpha=0.12)
+    axes.legend(fontsize=8)
     target = Path(path)
     save_figure(figure, target)
     return target
@@ -555,16 +574,20 @@ def plot_regret_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
 
 def plot_regret_vs_budget(results: pd.DataFrame, path: str | Path) -> Path:
     """PNG: per method, mean normalised regret over datasets against the trial budget, the band spanning
-    the seeds (each seed's mean over datasets); zero-shot methods at 1 (one trained model)."""
+    the seeds (each seed's mean over datasets); zero-shot methods at 1 (one trained model), their level
+    dotted across the budgets."""
     applied = ran(results)
+    largest = max((b for b in trial_budgets(applied) if b is not None), default=1)
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
     axes.set_xscale("log")
     axes.set_xlabel("budget: trials (models trained; zero-shot: 1, log scale)")
     axes.set_ylabel("mean normalised regret over datasets")
+    axes.set_yscale("symlog", linthresh=0.01)  # linear below 0.01, where the searches converge
     axes.set_title("Normalised regret against budget (band: range over seeds)")
     axes.grid(True, which="both", alpha=0.3)
-    for number, method in enumerate(ordered_methods(applied["method"])):
+    methods = ordered_methods(applied["method"])
+    for method in methods:
         rows = applied[applied["method"] == method]
         zero_shot = is_zero_shot(applied, method)
         budget = pd.Series(1 if zero_shot else rows["budget"].map(lambda b: b["trials"]), index=rows.index)
@@ -573,9 +596,11 @@ def plot_regret_vs_budget(results: pd.DataFrame, path: str | Path) -> Path:
             rows = rows.drop_duplicates(["dataset", "seed"])
         per_seed = rows.groupby(["x", "seed"])["normalized_regret"].mean()
         summary = per_seed.groupby(level="x").agg(["mean", "min", "max"])
-        style = {"marker": MARKERS[number % len(MARKERS)], "color": f"C{number % 10}", "label": method}
+        style = method_style(method, methods)
         axes.plot(summary.index, summary["mean"], **style)
         axes.fill_between(summary.index, summary["min"], summary["max"], color=style["color"], alpha=0.15)
+        if zero_shot:
+            axes.hlines(summary["mean"].iloc[0], 1, largest, colors=style["color"], linestyles="dotted")
     axes.legend(fontsize=8)
     target = Path(path)
     save_figure(figure, target)
@@ -591,11 +616,12 @@ def plot_accuracy_vs_time(results: pd.DataFrame, path: str | Path) -> Path:
     floor = positive_floor(cells["training_cost"])
     what = "training time" if unit is SECONDS else "estimated training compute"
     figure, axes = new_axes(f"Accuracy against {what} (mean over seeds per dataset)", "accuracy (%)", unit)
-    for number, method in enumerate(ordered_methods(results["method"])):
+    methods = ordered_methods(results["method"])
+    for method in methods:
         points = cells.xs(method, level="method")
         axes.scatter(np.maximum(points["training_cost"], floor), points["accuracy"] * 100,
-                     marker=MARKERS[number % len(MARKERS)], color=f"C{number % 10}", label=method)
-    axes.legend()
+                     **{k: v for k, v in method_style(method, methods).items() if k != "linestyle"})
+    axes.legend(fontsize=8)
     target = Path(path)
     save_figure(figure, target)
     return target
