@@ -163,6 +163,17 @@ def test_train_mode_regret_computed_from_the_pool(tmp_path: Path) -> None:
     assert df.loc[("random", "alpha"), "regret_worst"] == pytest.approx(0.60)
 
 
+def test_train_mode_time_to_a_trained_model_includes_the_searchs_overhead(tmp_path: Path) -> None:
+    """In train mode a search's response (its wall time in Tune) holds its training and Tune's overhead: the
+    user holds its model then; a zero-shot pick is trained after its answer."""
+    results = [make_result("random", "alpha", 0, 0.75, mode="train", training_seconds=13.0, recommendation_seconds=19.0),
+               make_result("zeroshot", "alpha", 0, 0.72, mode="train", n_trials=0, training_seconds=4.0,
+                           recommendation_seconds=0.5)]
+    df = load_results(write_results(tmp_path, results)).set_index("method")
+    assert df.loc["random", "model_time"] == pytest.approx(19.0)
+    assert df.loc["zeroshot", "model_time"] == pytest.approx(4.5)
+
+
 def test_incumbent_regret_is_worst_before_the_first_point_then_steps_down() -> None:
     row = pd.Series({"trajectory": [{"time_seconds": 10.0, "accuracy": 0.7}, {"time_seconds": 100.0, "accuracy": 0.9}],
                      "training_seconds": 100.0, "accuracy": 0.9, "regret_best": 0.9, "regret_worst": 0.5})
