@@ -11,6 +11,10 @@ PYTHON=${PYTHON:-python3}
 constraints=()
 [ -f "constraints/$(uname -m).txt" ] && constraints=(-c "constraints/$(uname -m).txt")
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e '.[test]'
+# `ray` and `serve` of .venv use Ray's token authentication whenever `ray start --head` does (when a token
+# exists); without it a bare `serve deploy` fails with "Missing authentication token". Why and how:
+# serving/metallmix_ray_auth.pth. Delete the installed copy to opt out.
+cp serving/metallmix_ray_auth.pth "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 echo "metallmix installed in $(pwd)/.venv"
 # The LLM step's own environment (.venv-llm: vLLM + the default model); METALLMIX_SKIP_LLM=1 skips it.
 if [ "${METALLMIX_SKIP_LLM:-0}" != 1 ]; then

@@ -46,7 +46,7 @@ import metallmix
 from metallmix.compute_cost import flops_per_image
 from metallmix.formatting import cost_text
 from metallmix.data.descriptors import descriptor_features, modality_family, parse_modality, parse_task
-from metallmix.errors import ConfigError, DataError, SchemaError
+from metallmix.errors import ConfigError, DataError, DatasetNotFoundError, SchemaError
 from metallmix.explain import LOG10_SUFFIX, ShapExplainer
 from metallmix.metadataset.schema import (
     CFG_PREFIX,
@@ -91,6 +91,9 @@ META_FEATURE_DOMAINS: dict[str, tuple[float, float]] = {
     "centroid_accuracy": (0, 1),
 }
 DOMAIN_TOLERANCE = 1e-9
+# Larger magnitudes are refused: no dataset's counts, sizes or ratios come near, and the meta-learner
+# (XGBoost, float32: at most ~3.4e38) would read 1e308 as infinity.
+MAX_META_FEATURE_VALUE = 1e12
 
 # How a knowledge base prices a config: recorded training times (the recommender learns to predict
 # them), a FLOP-count estimate (computed for the new dataset's sizes, metallmix.compute_cost), or nothing.
@@ -464,10 +467,11 @@ class Recommender:
 
         ``modality`` and ``task`` may be given as text (e.g. "chest x-ray", "binary"): they become the 0/1
         features of metallmix.data.descriptors. Raise ConfigError for unknown names, non-numbers,
-        non-finite values, negative values of count features (those recorded as non-negative integers
-        in the meta-dataset), and values outside ``META_FEATURE_DOMAINS`` (the documented range of
-        metallmix's meta-features). A value outside the knowledge base's range is reported (the
-        predictions extrapolate) for the features the meta-learner uses.
+        non-finite values, values beyond ±``MAX_META_FEATURE_VALUE``, negative values of count features
+        (those recorded as non-negative integers in the meta-dataset), and values outside
+        ``META_FEATURE_DOMAINS`` (the documented range of metallmix's meta-features). A value outside
+        the knowledge base's range is reported (the predictions extrapolate) for the features the
+        meta-learner uses.
         """
         self._check_fitted()
         features = normalise_meta_features(self._expand_descriptors(meta_features), list(self.feature_domain_))
@@ -475,6 +479,9 @@ class Recommender:
         outside = []
         for name, value in features.items():
             domain = self.feature_domain_[name]
+            if not -MAX_META_FEATURE_VALUE <= value <= MAX_META_FEATURE_VALUE:
+                raise ConfigError(f"meta-feature {name!r} = {value:g} is beyond ±{MAX_META_FEATURE_VALUE:g}: give the "
+                                  "dataset's real value (its counts, sizes and ratios are far smaller)")
             if domain["count"] and value < 0:
                 raise ConfigError(f"meta-feature {name!r} counts something and cannot be negative, got {value:g}")
             low, high = META_FEATURE_DOMAINS.get(name, (-math.inf, math.inf))
@@ -817,7 +824,7 @@ def dataset_config(dataset: str | dict[str, Any]) -> dict[str, Any]:
     path = Path(dataset)
     if path.suffix == ".npz":
         if not path.is_file():
-            raise DataError(f"MedMNIST file {path} does not exist")
+            raise DatasetNotFoundError(f"MedMNIST file {path} does not exist")
         stem, _, size = path.stem.rpartition("_")
         if stem and size.isdigit():
             return {"kind": "medmnist", "name": stem, "size": int(size), "root": str(path.parent)}

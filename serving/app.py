@@ -2,8 +2,12 @@
 
     cd <repo>
     .venv/bin/serve run serving/config.yaml                        # local: starts Ray, blocks
-    PYTHONPATH=$PWD .venv/bin/ray start --head --num-cpus 2        # or on a running cluster:
+    .venv/bin/ray start --head                                     # or on a running cluster:
     .venv/bin/serve deploy serving/config.yaml
+
+``serving`` is installed with metallmix (``bash setup.sh``), so every node imports it without PYTHONPATH;
+setup.sh also makes ``ray`` and ``serve`` use Ray's token authentication when the head does
+(serving/metallmix_ray_auth.pth; docs/llm.md, "Serving").
 
 Deployments (backpressure in docs/llm.md):
 
@@ -14,6 +18,12 @@ Deployments (backpressure in docs/llm.md):
   to pick (one repair, then the flagged fallback);
 - ``judge``: scores the pick (rubric + deterministic checks);
 - ``ingress``: FastAPI: ``POST /recommend``, ``GET /health``, OpenAPI docs at ``/docs``.
+
+Bad requests never reach the recommender: the body is limited to ``MAX_BODY_BYTES`` (413), and
+``RecommendRequest`` (strict types, no unknown fields, finite numbers within ``MAX_META_FEATURE_VALUE``,
+typed constraints) answers 422 with a ``detail`` that names each wrong field and what to send instead.
+Errors found later: a dataset name the server does not have, 404; any other metallmix error (e.g. an
+unknown meta-feature, infeasible constraints), 422; a full queue, 503 (backpressure, retry later).
 """
 
 import asyncio
@@ -23,11 +33,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metallmix.errors import MetallmixError
+from metallmix.errors import ConfigError, DatasetNotFoundError, MetallmixError
 from metallmix.llm.answer import describe_error
 from metallmix.llm.engines import DEFAULT_MODEL, REPO_ROOT, engine_config, llm_runtime_env, make_engine
 from metallmix.llm.pipeline import LLMOptions, choose_candidate, judge_pick, validate_recommendation
@@ -35,11 +47,20 @@ from metallmix.llm.prompt import PromptOptions
 from serving.engine import DeploymentEngine, EngineDeployment
 
 DEFAULT_META_DATASET = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
+SPEC_PREFIXES = ("quicktune:", "medmnistplus:", "qtt:")  # metallmix.metadataset.load_meta_dataset's importers
 DATASET_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9]{1,4})?$"
 MAX_DESCRIPTION_CHARS = 100_000
 MAX_TOP_K = 20
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: room for the longest description, JSON-escaped
+MAX_META_FEATURES = 64
+MAX_META_FEATURE_VALUE = 1e12  # = metallmix.recommend.MAX_META_FEATURE_VALUE (a test checks they agree)
+MAX_BACKBONES = 500
+RETRY_AFTER_S = 5  # what a 503 (full queue) asks the client to wait
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FeatureValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_META_FEATURE_VALUE, le=MAX_META_FEATURE_VALUE)]
+PositiveNumber = Annotated[float, Field(allow_inf_nan=False, gt=0)]
+BackboneName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 class AppArgs(BaseModel):
@@ -65,17 +86,35 @@ class AppArgs(BaseModel):
     prompt: dict[str, Any] = Field(default_factory=dict)
 
 
+class RequestConstraints(BaseModel):
+    """What the recommended config must satisfy (``metallmix.recommend.Constraints``); all optional."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budget_minutes: PositiveNumber | None = Field(None, description="longest predicted training time, minutes")
+    budget_flops: PositiveNumber | None = Field(None, description="largest estimated training compute, FLOP")
+    max_params: PositiveNumber | None = Field(None, description="largest backbone, parameters")
+    backbones: list[BackboneName] | None = Field(None, min_length=1, max_length=MAX_BACKBONES,
+                                                 description="only these backbones")
+    max_p_fail: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)] | None = Field(
+        None, description="highest predicted probability that the run fails, in [0, 1]")
+    max_resolution: PositiveNumber | None = Field(None, description="largest input resolution, pixels")
+
+
 class RecommendRequest(BaseModel):
     """Body of POST /recommend: meta-features or a registered dataset name, plus constraints."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    meta_features: dict[str, FiniteFloat] | None = Field(
-        None, description="the dataset's meta-features by name, e.g. {\"n_images\": 2000, \"n_classes\": 5}")
+    meta_features: dict[FeatureName, FeatureValue] | None = Field(
+        None, max_length=MAX_META_FEATURES,
+        description="the dataset's meta-features by name, finite numbers within ±1e12, "
+                    "e.g. {\"n_images\": 2000, \"n_classes\": 5}")
     dataset: str | None = Field(None, pattern=DATASET_NAME,
                                 description="a dataset name the server has registered (e.g. breastmnist, retinamnist@64)")
-    constraints: dict[str, Any] = Field(default_factory=dict,
-                                        description="budget_minutes, max_params, backbones, max_p_fail (all optional)")
+    constraints: RequestConstraints = Field(default_factory=RequestConstraints,
+                                            description="budget_minutes, budget_flops, max_params, backbones, "
+                                                        "max_p_fail, max_resolution (all optional)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="shortlist length")
     description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS,
                                     description="free text about the dataset; untrusted, cut before it reaches the LLM")
@@ -84,12 +123,24 @@ class RecommendRequest(BaseModel):
 
 
 def resolve_spec(spec: str) -> str:
-    """A meta-dataset spec or folder with a relative path made absolute against the repo root."""
-    prefix, sep, rest = spec.rpartition(":") if spec.startswith("quicktune:") else ("", "", spec)
+    """A meta-dataset spec or folder with a relative path made absolute against the repo root.
+
+    ``PREFIX:builtin`` (a knowledge base shipped with metallmix) stays as it is; a path that does not
+    exist is refused here, at deploy time, instead of failing in the recommender's replica.
+    """
+    prefix = next((p for p in SPEC_PREFIXES if spec.startswith(p)), "")
+    rest = spec[len(prefix):]
+    if prefix and rest == "builtin":
+        return spec
     path = Path(rest).expanduser()
     if not path.is_absolute():
         path = REPO_ROOT / path
-    return f"{prefix}{sep}{path}"
+    if not path.exists():
+        raise ConfigError(
+            f"recommender {spec!r}: {path} does not exist; give a saved Recommender folder, a meta-dataset "
+            f"(.parquet file, store folder, or {', '.join(p + 'DIR' for p in SPEC_PREFIXES)}), or a knowledge base "
+            f"shipped with metallmix: {', '.join(p + 'builtin' for p in SPEC_PREFIXES)}")
+    return f"{prefix}{path}"
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=64, ray_actor_options={"num_cpus": 0})
@@ -155,13 +206,140 @@ api = FastAPI(
                 "picked and justified by a local LLM among the meta-learner's shortlist, scored by an LLM judge.",
     version="0.1.0",
 )
+EXAMPLE_BODY = '{"meta_features": {"n_images": 2000, "n_classes": 5}, "llm": false}'
+
+
+# Everything the routes use comes before the Ingress class: @serve.ingress freezes a copy of `api` (its
+# routes, handlers and middleware, and the globals they use) when the class is defined; a helper defined
+# after it is a NameError in the replica.
+
+
+def describe_validation_errors(errors: list[dict[str, Any]], limit: int = 10) -> str:
+    """One sentence per validation error, naming the field (``meta_features.n_images``) and what to send."""
+    known = {(): list(RecommendRequest.model_fields), ("constraints",): list(RequestConstraints.model_fields)}
+    parts = []
+    for error in errors[:limit]:
+        loc = tuple(str(part) for part in error.get("loc", ()))
+        loc = loc[1:] if loc[:1] == ("body",) else loc
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            parts.append(f"the body is not valid JSON (decode error at character {loc[-1] if loc else '?'}): "
+                         f"send one JSON object, e.g. {EXAMPLE_BODY}")
+        elif not loc:  # the body itself: missing, or not an object
+            parts.append(f"the body must be one JSON object sent with Content-Type: application/json, e.g. {EXAMPLE_BODY}")
+        elif kind == "extra_forbidden":
+            fields = known.get(loc[:-1])
+            parts.append(f"{'.'.join(loc)}: unknown field" + (f"; the known ones are {', '.join(fields)}" if fields else ""))
+        elif kind == "string_pattern_mismatch" and loc == ("dataset",):
+            parts.append("dataset: give a registered dataset name (letters, digits, _ or -, optionally @SIZE, "
+                         "e.g. breastmnist or retinamnist@64), not a path")
+        else:
+            parts.append(f"{'.'.join(loc)}: {error.get('msg', 'invalid')}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(exc: "BodyTooLargeError") -> JSONResponse:
+    size = f"{exc.size:,} bytes" if exc.declared else f"over {MAX_BODY_BYTES:,} bytes"
+    return JSONResponse(status_code=413, content={
+        "detail": f"the request body is {size}; the limit is {MAX_BODY_BYTES:,} bytes: send only meta_features or "
+                  f"dataset, constraints, top_k and a description of at most {MAX_DESCRIPTION_CHARS:,} characters"})
+
+
+def _clip(exc: BaseException, chars: int = 1000) -> str:
+    return str(exc)[:chars]
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return (lines[0] if lines else type(cause).__name__)[:500]
+
+
+class BodyTooLargeError(Exception):
+    """A request body over ``MAX_BODY_BYTES`` (raised while it is read; answered 413)."""
+
+    def __init__(self, size: int, declared: bool):
+        self.size, self.declared = size, declared
+        super().__init__(f"request body of {'' if declared else 'more than '}{size} bytes")
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: a body over ``max_bytes`` is refused (413) before anything parses it -- at once when
+    its Content-Length says so, else as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _too_large(BodyTooLargeError(declared, True))(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError(received, False)
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLargeError as exc:
+            if started:
+                raise
+            await _too_large(exc)(scope, receive, send)
+
+
+api.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
 
 @api.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with where and why, without echoing the input (it may be huge, or NaN, which JSON cannot carry)."""
+    """422: ``detail`` says, field by field, what is wrong and what to send; ``errors`` lists where and why,
+    without echoing the input (it may be huge, or NaN, which JSON cannot carry)."""
     errors = [{key: error[key] for key in ("loc", "msg", "type") if key in error} for error in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})
+    return JSONResponse(status_code=422, content={"detail": describe_validation_errors(errors), "errors": errors[:20]})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI answers a body it cannot read with a bare 400; say why instead: 413 for a body over the limit,
+    422 for JSON that Python's parser refuses (numbers of over 4,300 digits, nesting too deep)."""
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, BodyTooLargeError):
+        return _too_large(cause)
+    if exc.status_code == 400 and isinstance(cause, (ValueError, RecursionError)):
+        reason = "it nests too deeply" if isinstance(cause, RecursionError) else _first_line(cause)
+        return JSONResponse(status_code=422, content={
+            "detail": f"the body is not JSON this server can read ({reason}): send one JSON object of plain "
+                      f"numbers and strings, e.g. {EXAMPLE_BODY}"})
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=256, ray_actor_options={"num_cpus": 0})
@@ -172,17 +350,34 @@ class Ingress:
     def __init__(self, recommender: DeploymentHandle):
         self.recommender = recommender
 
-    @api.post("/recommend", summary="Recommend a config for a dataset, with the LLM's justification and the judge's scores")
+    @api.post("/recommend", summary="Recommend a config for a dataset, with the LLM's justification and the judge's scores",
+              responses={404: {"description": "the dataset name is not one this server has"},
+                         413: {"description": f"the body is over {MAX_BODY_BYTES} bytes"},
+                         422: {"description": "bad input; `detail` says what to fix"},
+                         503: {"description": "the server's queues are full; retry after `Retry-After` seconds"}})
     async def recommend(self, body: RecommendRequest) -> dict[str, Any]:
         if (body.meta_features is None) == (body.dataset is None):
-            raise HTTPException(422, "give exactly one of meta_features (an object of numbers) and dataset (a registered name)")
+            raise HTTPException(422, "give exactly one of meta_features (an object of numbers, e.g. "
+                                     "{\"n_images\": 2000, \"n_classes\": 5}) and dataset (a registered name, e.g. breastmnist)")
+        request = body.model_dump()
+        request["constraints"] = body.constraints.model_dump(exclude_none=True)
         try:
-            return await self.recommender.recommend.remote(body.model_dump())
+            return await self.recommender.recommend.remote(request)
+        except BackPressureError:
+            raise HTTPException(503, f"the recommender's queue is full: retry in {RETRY_AFTER_S} s",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc  # errors of another replica arrive as RayTaskError
+            if isinstance(cause, DatasetNotFoundError):
+                raise HTTPException(404, f"dataset {body.dataset!r} is not available on this server: {_clip(cause)}; "
+                                         "or send its meta_features instead") from None
             if isinstance(cause, MetallmixError):
-                raise HTTPException(422, str(cause)[:1000]) from None
-            raise
+                raise HTTPException(422, _clip(cause)) from None
+            if isinstance(cause, BackPressureError):
+                raise HTTPException(503, f"the server's queues are full: retry in {RETRY_AFTER_S} s",
+                                    headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise HTTPException(500, f"internal error ({type(cause).__name__}: {_first_line(cause)}); the request "
+                                     "itself was accepted: this is a server fault, see the Serve logs") from None
 
     @api.get("/health", summary="Whether the recommender and the LLM engine answer")
     async def health(self) -> dict[str, Any]:
@@ -236,9 +431,3 @@ def _options(options: dict[str, Any]) -> LLMOptions:
 def _options_without_judge(options: LLMOptions) -> LLMOptions:
     return LLMOptions(prompt=options.prompt, temperature=options.temperature, seed=options.seed,
                       timeout_s=options.timeout_s, judge=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return (lines[0] if lines else type(cause).__name__)[:500]

@@ -175,6 +175,88 @@ def test_serving_api_errors_load_and_recovery(serve_url, recommender_dir):
     serve.delete("metallmix-scripted")
 
 
+def _chunked_post(url: str, chunks, timeout: float = 120) -> tuple[int, dict]:
+    """POST a body sent chunked (no Content-Length): the size limit must hold while the body streams in."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("POST", parts.path, body=chunks, encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_recommend_answers_bad_input_with_4xx_saying_what_to_fix(serve_url, recommender_dir):
+    """Out-of-range, infinite or NaN numbers, huge payloads, unknown fields, wrong types, unknown datasets: a 4xx
+    whose ``detail`` names the field and what to send, never a 500 (the LLM off: the HTTP layer and the recommender)."""
+    from metallmix.errors import ConfigError
+    from metallmix.recommend import CONSTRAINT_NAMES
+    from metallmix.recommend import MAX_META_FEATURE_VALUE as RECOMMENDER_MAX
+    from serving.app import MAX_BODY_BYTES, MAX_META_FEATURE_VALUE, RequestConstraints
+
+    assert MAX_META_FEATURE_VALUE == RECOMMENDER_MAX and set(RequestConstraints.model_fields) == set(CONSTRAINT_NAMES)
+    with pytest.raises(ConfigError, match="beyond"):  # the same bound in process (CLI, benchmarks)
+        Recommender.load(recommender_dir).recommend({**QUERY, "n_images": 1e308})
+
+    serve.run(build_app({"recommender": recommender_dir, "llm": "none"}), name="metallmix-hardened",
+              route_prefix="/hardened")
+    _wait_healthy(serve_url + "/hardened", 120)
+    url = serve_url + "/hardened/recommend"
+    assert _http("POST", url, {"meta_features": QUERY, "llm": False})[0] == 200
+
+    big_int = b"9" * 5000
+    cases = [  # (JSON payload or raw bytes, status, text the detail must hold)
+        ({"meta_features": {"n_images": 1e308, "n_classes": 2}}, 422, "meta_features.n_images: Input should be less than or equal to 1000000000000"),
+        ({"meta_features": {**QUERY, "n_images": -1e13}}, 422, "meta_features.n_images: Input should be greater than or equal to"),
+        (b'{"meta_features": {"n_images": NaN}}', 422, "meta_features.n_images: Input should be a finite number"),
+        (b'{"meta_features": {"n_images": Infinity}}', 422, "meta_features.n_images: Input should be a finite number"),
+        (b'{"meta_features": {"n_images": 1e999}}', 422, "meta_features.n_images: Input should be a finite number"),
+        (b'{"meta_features": {"n_images": ' + big_int + b"}}", 422, "not JSON this server can read (Exceeds the limit (4300 digits)"),
+        (b"[" * 50_000 + b"]" * 50_000, 422, "not JSON this server can read (it nests too deeply)"),
+        (b'{"meta_features": {"n_images": 3', 422, "the body is not valid JSON"),
+        (b"", 422, "the body must be one JSON object"),
+        ([QUERY], 422, "the body must be one JSON object"),
+        ({"meta_features": QUERY, "description": "x" * (MAX_BODY_BYTES + 1)}, 413, f"the limit is {MAX_BODY_BYTES:,} bytes"),
+        ({"meta_features": QUERY, "description": "x" * 100_001}, 422, "description: String should have at most 100000 characters"),
+        ({"meta_features": {f"f{i}": 1.0 for i in range(65)}}, 422, "meta_features: Dictionary should have at most 64 items"),
+        ({"meta_features": QUERY, "mode": "fast"}, 422, "mode: unknown field; the known ones are meta_features, dataset, constraints"),
+        ({"meta_features": QUERY, "constraints": {"budget": 1}}, 422, "constraints.budget: unknown field; the known ones are budget_minutes"),
+        ({"meta_features": {"n_pixels": 1.0}}, 422, "unknown meta-feature 'n_pixels'"),
+        ({"meta_features": "n_images=3000"}, 422, "meta_features: Input should be a valid dictionary"),
+        ({"meta_features": {"n_images": "3000"}}, 422, "meta_features.n_images: Input should be a valid number"),
+        ({"meta_features": {"n_images": True}}, 422, "meta_features.n_images: Input should be a valid number"),
+        ({"meta_features": QUERY, "top_k": "3"}, 422, "top_k: Input should be a valid integer"),
+        ({"meta_features": QUERY, "top_k": 1000}, 422, "top_k: Input should be less than or equal to 20"),
+        ({"meta_features": QUERY, "llm": "yes"}, 422, "llm: Input should be a valid boolean"),
+        ({"meta_features": QUERY, "constraints": {"budget_minutes": "1h"}}, 422, "constraints.budget_minutes: Input should be a valid number"),
+        ({"meta_features": QUERY, "constraints": {"budget_minutes": -5}}, 422, "constraints.budget_minutes: Input should be greater than 0"),
+        ({"meta_features": QUERY, "constraints": {"max_p_fail": 2}}, 422, "constraints.max_p_fail: Input should be less than or equal to 1"),
+        ({"meta_features": QUERY, "constraints": {"backbones": "resnet18"}}, 422, "constraints.backbones: Input should be a valid list"),
+        ({"dataset": "../../etc/passwd"}, 422, "dataset: give a registered dataset name"),
+        ({"dataset": 42}, 422, "dataset: Input should be a valid string"),
+        ({}, 422, "give exactly one of meta_features"),
+        ({"dataset": "nosuchmnist"}, 404, "dataset 'nosuchmnist' is not available on this server: unknown MedMNIST dataset"),
+        ({"dataset": "retinamnist@224"}, 404, "MedMNIST file retinamnist_224.npz not found"),
+    ]
+    for payload, status, text in cases:
+        raw = payload if isinstance(payload, bytes) else None
+        got, body = _http("POST", url, None if raw is not None else payload, raw=raw, timeout=120)
+        shown = (raw if raw is not None else json.dumps(payload).encode())[:80]
+        assert got == status and isinstance(body, dict) and text in body["detail"], (shown, got, body)
+        assert len(body["detail"]) < 3000, (shown, len(body["detail"]))  # says what to fix, never echoes the input
+
+    # a body streamed without Content-Length is cut off once it passes the limit
+    status, body = _chunked_post(url, (b"x" * 65536 for _ in range(MAX_BODY_BYTES // 65536 + 2)))
+    assert status == 413 and "the limit is" in body["detail"], (status, body)
+    assert _http("POST", url, {"meta_features": QUERY, "llm": False})[0] == 200  # and the app still serves
+    serve.delete("metallmix-hardened")
+
+
 @pytest.mark.skipif(not LLM_VENV_PYTHON.is_file(), reason=f"no vLLM environment at {LLM_VENV_PYTHON}: run `bash setup_llm.sh`")
 def test_serve_end_to_end_with_vllm(serve_url, recommender_dir):
     started = time.monotonic()

@@ -21,7 +21,7 @@ import numpy as np
 
 from metallmix.data._config import check_int
 from metallmix.data.base import SPLITS, ImageDataset
-from metallmix.errors import ConfigError, DataError
+from metallmix.errors import ConfigError, DataError, DatasetNotFoundError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin" / "medmnist"
 SIZES = (28, 64, 128, 224)
@@ -99,7 +99,7 @@ class MedMNISTOptions:
 
     def __post_init__(self) -> None:
         if self.name not in MEDMNIST_2D:
-            raise DataError(f"unknown MedMNIST dataset {self.name!r}; valid 2D names: {sorted(MEDMNIST_2D)}")
+            raise DatasetNotFoundError(f"unknown MedMNIST dataset {self.name!r}; valid 2D names: {sorted(MEDMNIST_2D)}")
         if MEDMNIST_2D[self.name].task == "multi-label":
             raise DataError(
                 f"{self.name} is multi-label ({MEDMNIST_2D[self.name].n_classes} findings per image); metallmix "
@@ -148,7 +148,7 @@ def locate(opts: MedMNISTOptions) -> Path:
         if opts.root is None
         else f"place it in {folder}"
     )
-    raise DataError(
+    raise DatasetNotFoundError(
         f"MedMNIST file {name} not found in {folder}: {where} (a folder holding {name}), "
         "or set dataset.download=true to fetch it with the medmnist package"
     )
