@@ -356,6 +356,15 @@ def test_bad_benchmark_settings_say_what_to_fix(change, error, message):
         run_benchmark(cfg)
 
 
+def test_the_command_line_refuses_bad_settings_with_the_message_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metallmix.bench", "mode=replay", "meta_dataset=sweeps/medium",
+                           "method=random", "held_out=NOPE", f"hydra.run.dir={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "metallmix bench: error:" in proc.stderr and "no recorded runs" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bench_result.json").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # train mode: real training through Ray Tune
 

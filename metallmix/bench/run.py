@@ -58,6 +58,7 @@ null, no trials) instead of failing, and the report lists them as not applicable
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
@@ -71,7 +72,7 @@ from metallmix.bench.replay import RecordedOutcomes, SearchBudget, SearchOutcome
 from metallmix.bench.search import (CURVE_METHODS, DEFAULT_FIRST_METHODS, DEFAULT_VARIANT, HPO_METHODS,
                                     MODEL_ORIGIN, build_list_search, build_search)
 from metallmix.bench.space import CandidateSpace
-from metallmix.errors import ConfigError, DataError
+from metallmix.errors import ConfigError, DataError, MetallmixError
 from metallmix.evaluate import closest_candidate, normalized_regret, portfolio_pick
 from metallmix.formatting import format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
@@ -427,7 +428,11 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="bench")
     def _app(cfg) -> None:
-        document = run_benchmark(OmegaConf.to_container(cfg, resolve=True))
+        try:
+            document = run_benchmark(OmegaConf.to_container(cfg, resolve=True))
+        except MetallmixError as exc:  # bad settings or data: the message says what to fix, no traceback
+            print(f"metallmix bench: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         path = write_result(document, HydraConfig.get().runtime.output_dir)
         print(f"{document['mode']} {document['method']:>12} {document['dataset']} seed {document['seed']}: "
               f"{summary_line(document)} -> {path}", flush=True)
