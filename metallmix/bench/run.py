@@ -74,7 +74,7 @@ from metallmix.bench.search import (CURVE_METHODS, DEFAULT_FIRST_METHODS, DEFAUL
 from metallmix.bench.space import CandidateSpace
 from metallmix.errors import ConfigError, DataError, MetallmixError
 from metallmix.evaluate import closest_candidate, normalized_regret, portfolio_pick
-from metallmix.formatting import format_flops
+from metallmix.formatting import format_duration, format_flops
 from metallmix.metadataset import load_meta_dataset, row_meta_features
 from metallmix.metadataset.schema import config_columns, row_config, without_family
 from metallmix.metalearner import (PORTFOLIO_NOT_APPLICABLE, MetaLearner, config_id, default_params,
@@ -407,7 +407,7 @@ def summary_line(document: dict[str, Any]) -> str:
     if document.get("training_compute_flops_estimate") is not None:
         training = f"training compute {format_flops(document['training_compute_flops_estimate'])}"
     else:
-        training = f"training {document['training_seconds']:.0f} s"
+        training = f"training {format_duration(document['training_seconds'])}"
     return (f"accuracy {document['accuracy']:.4f}" + (f", regret {regret:.3f}" if regret is not None else "")
             + f", {training}, {document['n_trials']} trials")
 
