@@ -123,11 +123,11 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------ lodo
 def run_lodo(args: argparse.Namespace) -> dict[str, Any]:
     from metallmix.evaluate import evaluate_lodo
-    from metallmix.llm import LLMOptions, PromptOptions, make_engine
-    from metallmix.llm.pipeline import choose_candidate, judge_pick
+    from metallmix.llm import PromptOptions, make_engine
     from metallmix.metadataset import load_meta_dataset, row_meta_features
     from metallmix.metadataset.schema import config_columns
     from metallmix.recommend import Recommender
+    from metallmix.service import LLMOptions, RecommendationService
 
     df = load_meta_dataset(args.meta_dataset)
     datasets = sorted(df["dataset_id"].unique())
@@ -152,10 +152,10 @@ def run_lodo(args: argparse.Namespace) -> dict[str, Any]:
             records[dataset] = {"fit_s": round(fit_s, 1), "argmax": document["candidate_id"]}
             for variant in args.variants.split(","):
                 flags = VARIANTS[variant]
-                options = LLMOptions(prompt=PromptOptions(**flags), timeout_s=args.timeout_s)
-                picked = asyncio.run(choose_candidate(document, engine, options=options))
-                if variant == "llm":
-                    picked["judge"] = asyncio.run(judge_pick(picked, engine, options=options))
+                judged = variant == "llm"
+                options = LLMOptions(prompt=PromptOptions(**flags), timeout_s=args.timeout_s, judge=judged)
+                service = RecommendationService(recommender, picker=engine, judge=engine, options=options)
+                picked = asyncio.run(service.pick(document, use_judge=judged, validate=False))
                 picks[dataset][variant] = picked["candidate_id"]
                 records[dataset][variant] = {
                     "picked": picked["candidate_id"], "rank": picked["llm"]["chosen_rank"], "fallback": picked["llm"]["fallback"],

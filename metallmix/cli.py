@@ -7,6 +7,10 @@
                         [--llm MODEL_OR_none [--judge-llm MODEL] [--description TEXT]] [--server URL]
     metallmix evaluate --meta-dataset SPEC --protocol leave-one-dataset-out [--json OUT]
 
+``recommend`` builds one ``metallmix.service.RecommendRequest`` and answers it with
+``metallmix.service.RecommendationService`` in this process, or sends it to a running Serve app (``--server``),
+which answers it with the same service; the CLI adds only the choice of knowledge base and the printing.
+
 Without ``--meta-dataset``, a medical dataset (a MedMNIST file or name, or a modality given) is answered
 from the MedMNIST+ knowledge base and other images from Quick-Tune's (metallmix.knowledge_bases); the
 answer says which and why. Without ``--model-dir``, ``recommend`` fits a Recommender on the meta-dataset once and caches it under
@@ -23,22 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
+import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from metallmix.data.descriptors import modality_family
 from metallmix.errors import ConfigError, MetallmixError
 from metallmix.formatting import cost_amount
-from metallmix.knowledge_bases import coverage, default_knowledge_base
+from metallmix.knowledge_bases import default_knowledge_base
 from metallmix.metadataset.store import DEFAULT_META_DATASET
 
 EXIT_USAGE = 2
+CACHE_ENV = "METALLMIX_CACHE_DIR"  # = metallmix.service.CACHE_ENV (not imported here: --help answers at once)
 PROTOCOLS = ("leave-one-dataset-out", "nested-leave-one-dataset-out", "subsampled-leave-one-dataset-out")
-CACHE_ENV = "METALLMIX_CACHE_DIR"
 PARAM_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 TIME_UNITS = {"s": 1 / 60, "sec": 1 / 60, "min": 1.0, "m": 1.0, "h": 60.0}
 FLOP_UNITS = {"flop": 1.0, "gflop": 1e9, "tflop": 1e12, "pflop": 1e15, "eflop": 1e18}
@@ -95,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--llm", default="none", metavar="MODEL_OR_none",
                      help="let an LLM pick from the shortlist and justify it: a conf/llm name (smollm2, "
                           "qwen2_5_coder_1_5b, ...), a model folder, an OpenAI-compatible http(s)://.../v1 URL, "
-                          "or none (default: the meta-learner's pick with a template explanation)")
-    rec.add_argument("--judge-llm", default="same", metavar="MODEL", help="the judge's model (default: same as --llm)")
-    rec.add_argument("--server", metavar="URL", help="ask a running metallmix Serve app (serving/) instead of working in-process")
+                          "or none (default: the meta-learner's pick with a template explanation). With --server: "
+                          "'server' (the server's model) or the model the server runs")
+    rec.add_argument("--judge-llm", default="same", metavar="MODEL",
+                     help="the judge's model (default: same as --llm; none: deterministic checks only). With --server: "
+                          "same or none (the server's judge is set when it is deployed)")
+    rec.add_argument("--server", metavar="URL",
+                     help="ask a running metallmix Serve app (serving/) instead of working in-process: the same request "
+                          "is sent (a local --dataset's meta-features are computed here); --meta-dataset, --model-dir, "
+                          "--cache-dir and the SHAP plots are refused (the server holds its own recommender)")
     rec.add_argument("--description", metavar="TEXT", help="a free-text description of the dataset for the LLM (treated as untrusted data)")
     rec.set_defaults(run=run_recommend)
 
@@ -120,59 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ recommend
-def run_recommend(args: argparse.Namespace) -> int:
-    from metallmix.llm import recommend_via_server, recommend_with_llm, validate_recommendation
-    from metallmix.recommend import Constraints, parse_meta_features
+SERVER_LLM = "server"  # --llm / --judge-llm with --server: whatever model the server runs
+DESCRIPTOR_NAMES = ("modality", "task")
 
-    budget_minutes, budget_flops = args.budget_minutes, None
-    if args.budget is not None:
-        unit, amount = args.budget
-        if unit == "minutes" and budget_minutes is not None:
-            raise ConfigError("give the time budget once: --budget or --budget-minutes")
-        budget_minutes, budget_flops = (amount, None) if unit == "minutes" else (budget_minutes, amount)
-    constraints = Constraints(
-        budget_minutes=budget_minutes,
-        budget_flops=budget_flops,
-        max_params=args.max_params,
-        backbones=tuple(args.backbones) if args.backbones else None,
-        max_p_fail=args.max_p_fail,
-    )
-    if args.server and (args.modality or args.task or budget_flops is not None):
-        raise ConfigError("--modality, --task and compute budgets are not sent to a server yet; drop --server")
-    recommender = None
+
+def run_recommend(args: argparse.Namespace) -> int:
+    """Build one ``metallmix.service.RecommendRequest`` from the arguments; answer it with the service in
+    this process, or send it to a server (``--server``); print the answer."""
+    constraints = _constraints(args)
     if args.server:
-        document = recommend_via_server(
-            args.server,
-            meta_features=parse_meta_features(args.meta_features) if args.meta_features else None,
-            dataset=args.dataset,
-            constraints={k: v for k, v in constraints.requested().items() if v is not None},
-            top_k=args.top_k,
-            description=args.description,
-            llm=args.llm != "none",
-        )
+        document = _recommend_via_server(args, constraints)
     else:
-        dataset, meta_features = _dataset_inputs(args)
-        spec, selection = _knowledge_base(args, dataset, meta_features)
-        recommender = obtain_recommender(spec, args.model_dir, args.cache_dir)
-        document = recommend_with_llm(
-            recommender,
-            meta_features=meta_features,
-            dataset=dataset,
-            constraints=constraints,
-            top_k=args.top_k,
-            engine=args.llm,
-            judge_engine=args.judge_llm,
-            description=args.description,
-        )
-    if recommender is not None:
-        document["meta_dataset"]["selection"] = _selection_report(selection, document, recommender)
-    validate_recommendation(document)
-    if (args.shap_summary or args.shap_waterfall) and recommender is None:
-        raise ConfigError("--shap-summary and --shap-waterfall need the recommender in this process; drop --server")
-    if args.shap_summary:
-        recommender.explainer_.save_summary_plot(args.shap_summary)
-    if args.shap_waterfall:
-        recommender.save_waterfall_plot(document, args.shap_waterfall)
+        document = _recommend_in_process(args, constraints)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -180,23 +147,157 @@ def run_recommend(args: argparse.Namespace) -> int:
         if "judge" in document:
             print(f"\nJudge scores: {json.dumps(document['judge'].get('scores'))}")
         if document.get("llm", {}).get("fallback"):
-            print(f"LLM fallback: {document['llm'].get('fallback_reason')} (the meta-learner's top candidate is kept)")
+            print(f"LLM fallback: {document['llm'].get('fallback_reason')} (the meta-learner's top candidate is kept, "
+                  "with the template explanation)")
         for label, path in (("SHAP summary plot", args.shap_summary), ("SHAP waterfall of the pick", args.shap_waterfall)):
             if path:
                 print(f"{label}: {path}")
     return 0
 
 
-def _dataset_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """(dataset facts, None) for --dataset, or (None, meta-features) for --meta-features; --modality and
-    --task join either."""
-    from metallmix.recommend import describe_dataset, parse_meta_features
+def _constraints(args: argparse.Namespace) -> dict[str, Any]:
+    budget_minutes, budget_flops = args.budget_minutes, None
+    if args.budget is not None:
+        unit, amount = args.budget
+        if unit == "minutes" and budget_minutes is not None:
+            raise ConfigError("give the time budget once: --budget or --budget-minutes")
+        budget_minutes, budget_flops = (amount, None) if unit == "minutes" else (budget_minutes, amount)
+    given = {"budget_minutes": budget_minutes, "budget_flops": budget_flops, "max_params": args.max_params,
+             "backbones": list(args.backbones) if args.backbones else None, "max_p_fail": args.max_p_fail}
+    return {name: value for name, value in given.items() if value is not None}
 
+
+def _request(args: argparse.Namespace, constraints: dict[str, Any], *, meta_features: dict[str, Any] | None = None,
+             dataset: str | None = None, computed: bool = False, use_llm: bool, use_judge: bool):
+    """The service's request (ConfigError naming the field when an argument breaks its limits)."""
+    from metallmix.service import as_request
+
+    modality, task = args.modality, args.task
+    if meta_features is not None and not computed:  # text descriptors given inside --meta-features
+        meta_features = dict(meta_features)
+        modality = modality or _text(meta_features.pop("modality", None), "modality")
+        task = task or _text(meta_features.pop("task", None), "task")
+    return as_request({
+        "meta_features": meta_features, "dataset": dataset, "constraints": constraints, "top_k": args.top_k,
+        "description": args.description, "llm": use_llm, "judge": use_judge,
+        "modality": None if computed else modality, "task": None if computed else task,
+        "ignore_unknown_meta_features": computed,
+    })
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"meta-feature {name!r} is text (e.g. {'ct' if name == 'modality' else 'binary'}), got {value!r}")
+
+
+def _recommend_in_process(args: argparse.Namespace, constraints: dict[str, Any]) -> dict[str, Any]:
+    from metallmix.recommend import describe_dataset, parse_meta_features
+    from metallmix.service import RecommendationService, finite_meta_features
+
+    if SERVER_LLM in (args.llm, args.judge_llm):
+        raise ConfigError(f"--llm/--judge-llm {SERVER_LLM} means the server's model: give --server URL, or name a model")
     if args.dataset is not None:
-        return describe_dataset(args.dataset, modality=args.modality, task=args.task), None
-    meta_features = dict(parse_meta_features(args.meta_features))
-    meta_features.update({k: v for k, v in (("modality", args.modality), ("task", args.task)) if v is not None})
-    return None, meta_features
+        facts = describe_dataset(args.dataset, modality=args.modality, task=args.task)
+        meta_features, computed = finite_meta_features(facts.meta_features), True
+        spec, selection = _knowledge_base(args, facts, None)
+    else:
+        facts, meta_features, computed = None, dict(parse_meta_features(args.meta_features)), False
+        given = {**meta_features, **{k: v for k, v in (("modality", args.modality), ("task", args.task)) if v is not None}}
+        spec, selection = _knowledge_base(args, None, given)
+    request = _request(args, constraints, meta_features=meta_features, computed=computed,
+                       use_llm=args.llm != "none", use_judge=args.judge_llm != "none")
+    with RecommendationService.from_specs(spec, model_dir=args.model_dir, cache_dir=args.cache_dir, llm=args.llm,
+                                          judge_llm=args.judge_llm, selection=selection) as service:
+        document = service.recommend_sync(request)
+        if args.shap_summary:
+            service.recommender.explainer_.save_summary_plot(args.shap_summary)
+        if args.shap_waterfall:
+            service.recommender.save_waterfall_plot(document, args.shap_waterfall)
+    return document
+
+
+def _recommend_via_server(args: argparse.Namespace, constraints: dict[str, Any]) -> dict[str, Any]:
+    """Send the request to ``--server``: every option the server takes; the others refused, saying why."""
+    from metallmix.llm import recommend_via_server
+    from metallmix.recommend import parse_meta_features
+
+    url = args.server
+    if args.meta_dataset is not None:
+        raise ConfigError(
+            f"--meta-dataset: the server at {url} answers from the knowledge base it was deployed with "
+            "(serving/config.yaml, args.recommender) and cannot switch per request; drop --meta-dataset (the answer's "
+            f"meta_dataset.spec says which knowledge base answered), or drop --server to use {args.meta_dataset} here")
+    local_only = [flag for flag, value in (("--model-dir", args.model_dir), ("--cache-dir", args.cache_dir),
+                                           ("--shap-summary", args.shap_summary), ("--shap-waterfall", args.shap_waterfall))
+                  if value is not None]
+    if local_only:
+        raise ConfigError(f"{', '.join(local_only)}: only in process (the server holds its own recommender); "
+                          "drop them, or drop --server")
+    if args.judge_llm not in ("same", "none", SERVER_LLM):
+        raise ConfigError(
+            f"--judge-llm {args.judge_llm}: the server's judge model is chosen when it is deployed (serving/config.yaml, "
+            "args.judge_llm); leave --judge-llm out to use it, give --judge-llm none to skip the judge, or drop --server")
+    use_llm = args.llm != "none"
+    if use_llm and args.llm != SERVER_LLM:
+        _check_server_llm(url, args.llm)
+    use_judge = args.judge_llm != "none"
+    if args.meta_features is not None:
+        request = _request(args, constraints, meta_features=parse_meta_features(args.meta_features),
+                           use_llm=use_llm, use_judge=use_judge)
+    elif _is_local(args.dataset):
+        request = _request(args, constraints, meta_features=_local_meta_features(args), computed=True,
+                           use_llm=use_llm, use_judge=use_judge)
+    else:
+        from metallmix.service import DATASET_NAME
+
+        if not re.fullmatch(DATASET_NAME, args.dataset):
+            raise ConfigError(
+                f"--dataset {args.dataset!r} is neither an existing file or folder here nor a dataset name a server can "
+                "have (letters, digits, _ or -, optionally @SIZE, e.g. breastmnist); give a MedMNIST .npz file or an "
+                "image folder (its meta-features are computed here and sent), or send --meta-features")
+        request = _request(args, constraints, dataset=args.dataset, use_llm=use_llm, use_judge=use_judge)
+    return recommend_via_server(url, request)
+
+
+def _is_local(dataset: str) -> bool:
+    path = Path(dataset)
+    return path.exists() or path.suffix == ".npz" or "/" in dataset or "\\" in dataset
+
+
+def _local_meta_features(args: argparse.Namespace) -> dict[str, float]:
+    """A local dataset's meta-features, computed here (a server cannot read this machine's files)."""
+    from metallmix.recommend import describe_dataset
+    from metallmix.service import finite_meta_features
+
+    if not Path(args.dataset).exists():
+        raise ConfigError(f"--dataset {args.dataset}: no such file or folder here; a server cannot read this "
+                          "machine's files anyway: give an existing dataset (its meta-features are computed here and "
+                          "sent) or send --meta-features")
+    facts = describe_dataset(args.dataset, modality=args.modality, task=args.task)
+    features = finite_meta_features(facts.meta_features)
+    print(f"metallmix: computed {len(features)} meta-features of {args.dataset} here; sending them to {args.server}",
+          file=sys.stderr)
+    return features
+
+
+def _check_server_llm(url: str, wanted: str) -> None:
+    """Refuse ``--llm MODEL`` unless the server runs that model (its /health says which)."""
+    from metallmix.llm import engine_config, server_health
+
+    served = (server_health(url).get("llm") or {}).get("model")
+    if served is None:
+        raise ConfigError(f"--llm {wanted}: the server at {url} runs no LLM (deployed with llm: none); give --llm none, "
+                          "or drop --server to run the LLM here")
+    names = {wanted}
+    try:
+        names.add(str((engine_config(wanted) or {}).get("model")))
+    except ConfigError:
+        pass
+    if served not in names:
+        raise ConfigError(f"--llm {wanted}: the server at {url} runs {served!r} and cannot switch per request; give "
+                          f"--llm {SERVER_LLM} (or --llm {served}) to use it, --llm none for the template, or drop --server "
+                          f"to run {wanted} here")
 
 
 def _knowledge_base(args: argparse.Namespace, dataset: Any, meta_features: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
@@ -211,67 +312,6 @@ def _knowledge_base(args: argparse.Namespace, dataset: Any, meta_features: dict[
         modality = meta_features.get("modality")
         spec, reason = default_knowledge_base(modality_family(modality) is not None, modality, "given")
     return spec, {"default": True, "reason": reason}
-
-
-def _selection_report(selection: dict[str, Any], document: dict[str, Any], recommender: Any) -> dict[str, Any]:
-    """The selection with the answering knowledge base's coverage of the dataset's meta-features."""
-    values = document["meta_features"]["values"]
-    covered = coverage(values, recommender.feature_domain_, recommender.metalearner_.meta_feature_names_)
-    return {**selection, "coverage": covered.as_dict()}
-
-
-def obtain_recommender(spec: str | None, model_dir: str | None, cache_dir: str | None):
-    """A saved Recommender from ``model_dir``, else one fitted on ``spec`` (cached by content hash)."""
-    from metallmix.metadataset import load_meta_dataset
-
-    if model_dir and (Path(model_dir) / "manifest.json").is_file():
-        from metallmix.recommend import Recommender, content_hash
-
-        recommender = Recommender.load(model_dir)
-        if spec is not None:
-            wanted = content_hash(load_meta_dataset(spec))
-            if wanted != recommender.meta_dataset_["content_hash"]:
-                raise ConfigError(
-                    f"the recommender in {model_dir} was fitted on another meta-dataset than {spec} "
-                    f"(content hash {recommender.meta_dataset_['content_hash']} vs {wanted}); drop --model-dir or use a fresh one"
-                )
-        return recommender
-    spec = spec or DEFAULT_META_DATASET
-    df = load_meta_dataset(spec)  # before the heavy imports below: a bad spec fails fast
-    from metallmix.recommend import FORMAT_VERSION, MANIFEST_FILE, Recommender, content_hash
-
-    if model_dir:
-        target = Path(model_dir)
-    else:
-        target = cache_root(cache_dir) / "recommenders" / f"v{FORMAT_VERSION}" / content_hash(df)
-        if (target / MANIFEST_FILE).is_file():
-            try:
-                return Recommender.load(target)
-            except (ConfigError, OSError) as exc:
-                print(f"metallmix: the cached recommender in {target} is unreadable ({exc}); refitting", file=sys.stderr)
-                shutil.rmtree(target, ignore_errors=True)
-    print(f"metallmix: fitting a recommender on {spec} ({len(df)} runs); saving it in {target}", file=sys.stderr)
-    recommender = Recommender().fit(df, spec=spec)
-    _save_atomically(recommender, target)
-    return recommender
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "metallmix").expanduser()
-
-
-def _save_atomically(recommender: Any, target: Path) -> None:
-    """Save into a temporary sibling folder, then rename: readers never see half a model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        recommender.save(tmp)
-        if target.exists() and not any(target.iterdir()):
-            target.rmdir()
-        os.replace(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"cannot save the recommender in {target} ({exc}); choose another --model-dir or --cache-dir") from exc
 
 
 def format_recommendation(doc: dict[str, Any], source: str) -> str:

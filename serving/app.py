@@ -14,26 +14,27 @@ Deployments (backpressure in docs/llm.md):
 - ``llm_engine`` (``serving.engine.EngineDeployment``): vLLM, run by the vLLM environment's Python
   (``runtime_env.py_executable``); absent when the LLM is ``none`` or an OpenAI-compatible URL;
 - ``judge_engine``: a second engine, only when the judge's model differs from the picker's;
-- ``recommender``: loads (or fits once, cached) the Recommender, scores the shortlist, asks the LLM
-  to pick (one repair, then the flagged fallback);
-- ``judge``: scores the pick (rubric + deterministic checks);
+- ``recommender``: holds a ``metallmix.service.RecommendationService`` (the Recommender loaded, or fitted
+  once and cached) and answers each request with it: shortlist, LLM pick, one repair, the flagged
+  fallback, judge, validation -- the same code as ``metallmix recommend`` in process;
+- ``judge``: scores an answer for the service (``metallmix.service.LocalJudge``: rubric + deterministic checks);
 - ``ingress``: FastAPI: ``POST /recommend``, ``GET /health``, OpenAPI docs at ``/docs``.
 
-Bad requests never reach the recommender: the body is limited to ``MAX_BODY_BYTES`` (413), and
+The deployments add nothing to the service: they only place its parts on replicas. Bad requests never
+reach the recommender: the body is limited to ``MAX_BODY_BYTES`` (413), and the service's
 ``RecommendRequest`` (strict types, no unknown fields, finite numbers within ``MAX_META_FEATURE_VALUE``,
 typed constraints) answers 422 with a ``detail`` that names each wrong field and what to send instead.
 Errors found later: a dataset name the server does not have, 404; any other metallmix error (e.g. an
 unknown meta-feature, infeasible constraints), 422; a full queue, 503 (backpressure, retry later).
 """
 
-import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -42,26 +43,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from metallmix.errors import ConfigError, DatasetNotFoundError, MetallmixError
 from metallmix.llm.answer import describe_error
 from metallmix.llm.engines import DEFAULT_MODEL, REPO_ROOT, engine_config, llm_runtime_env, make_engine
-from metallmix.llm.pipeline import LLMOptions, choose_candidate, judge_pick, validate_recommendation
 from metallmix.llm.prompt import PromptOptions
+from metallmix.service import (  # noqa: F401 - the limits are re-exported: the API documents them
+    DEFAULT_MIN_JUDGE_SCORE,
+    MAX_DESCRIPTION_CHARS,
+    MAX_META_FEATURE_VALUE,
+    MAX_META_FEATURES,
+    MAX_TOP_K,
+    LLMOptions,
+    LocalJudge,
+    RecommendationService,
+    RecommendRequest,
+    RecommendResponse,
+    RequestConstraints,
+    obtain_recommender,
+)
 from serving.engine import DeploymentEngine, EngineDeployment
 
 DEFAULT_META_DATASET = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
 SPEC_PREFIXES = ("quicktune:", "medmnistplus:", "qtt:")  # metallmix.metadataset.load_meta_dataset's importers
-DATASET_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9]{1,4})?$"
-MAX_DESCRIPTION_CHARS = 100_000
-MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: room for the longest description, JSON-escaped
-MAX_META_FEATURES = 64
-MAX_META_FEATURE_VALUE = 1e12  # = metallmix.recommend.MAX_META_FEATURE_VALUE (a test checks they agree)
-MAX_BACKBONES = 500
 RETRY_AFTER_S = 5  # what a 503 (full queue) asks the client to wait
-
-FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-FeatureValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_META_FEATURE_VALUE, le=MAX_META_FEATURE_VALUE)]
-PositiveNumber = Annotated[float, Field(allow_inf_nan=False, gt=0)]
-BackboneName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
 
 class AppArgs(BaseModel):
     """Arguments of the application (``args:`` in serving/config.yaml, or ``key=value`` to ``serve run``).
@@ -73,6 +75,7 @@ class AppArgs(BaseModel):
         judge_llm: ``same`` (the picker's engine), another spec, or ``none`` (deterministic checks only).
         llm_python: the vLLM environment's Python (default ``<repo>/.venv-llm/bin/python``).
         timeout_s: longest wait for one LLM call before the fallback.
+        min_judge_score: an answer the judge scores below this mean (1-5) is repaired once, then falls back.
         prompt: ``PromptOptions`` fields.
     """
 
@@ -83,43 +86,8 @@ class AppArgs(BaseModel):
     judge_llm: str | dict[str, Any] = "same"
     llm_python: str | None = None
     timeout_s: float = Field(300.0, gt=0)
+    min_judge_score: float = Field(DEFAULT_MIN_JUDGE_SCORE, ge=0, le=5)
     prompt: dict[str, Any] = Field(default_factory=dict)
-
-
-class RequestConstraints(BaseModel):
-    """What the recommended config must satisfy (``metallmix.recommend.Constraints``); all optional."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    budget_minutes: PositiveNumber | None = Field(None, description="longest predicted training time, minutes")
-    budget_flops: PositiveNumber | None = Field(None, description="largest estimated training compute, FLOP")
-    max_params: PositiveNumber | None = Field(None, description="largest backbone, parameters")
-    backbones: list[BackboneName] | None = Field(None, min_length=1, max_length=MAX_BACKBONES,
-                                                 description="only these backbones")
-    max_p_fail: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)] | None = Field(
-        None, description="highest predicted probability that the run fails, in [0, 1]")
-    max_resolution: PositiveNumber | None = Field(None, description="largest input resolution, pixels")
-
-
-class RecommendRequest(BaseModel):
-    """Body of POST /recommend: meta-features or a registered dataset name, plus constraints."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    meta_features: dict[FeatureName, FeatureValue] | None = Field(
-        None, max_length=MAX_META_FEATURES,
-        description="the dataset's meta-features by name, finite numbers within ±1e12, "
-                    "e.g. {\"n_images\": 2000, \"n_classes\": 5}")
-    dataset: str | None = Field(None, pattern=DATASET_NAME,
-                                description="a dataset name the server has registered (e.g. breastmnist, retinamnist@64)")
-    constraints: RequestConstraints = Field(default_factory=RequestConstraints,
-                                            description="budget_minutes, budget_flops, max_params, backbones, "
-                                                        "max_p_fail, max_resolution (all optional)")
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="shortlist length")
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS,
-                                    description="free text about the dataset; untrusted, cut before it reaches the LLM")
-    llm: bool = Field(True, description="let the LLM pick and justify (false: the meta-learner's top, template text)")
-    judge: bool = Field(True, description="let the judge score the LLM's answer")
 
 
 def resolve_spec(spec: str) -> str:
@@ -145,59 +113,57 @@ def resolve_spec(spec: str) -> str:
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=64, ray_actor_options={"num_cpus": 0})
 class JudgeDeployment:
-    """The judge: rubric scores from its engine (if any) and the deterministic checks."""
+    """The judge (``metallmix.service.LocalJudge``): rubric scores from its engine (if any) and the checks."""
 
     def __init__(self, engine: DeploymentHandle | dict[str, Any] | None, model: str | None, options: dict[str, Any]):
-        self.engine = _engine_from(engine, model)
-        self.options = _options(options)
+        self.local = LocalJudge(_engine_from(engine, model), _options(options))
 
-    async def judge(self, picked: dict[str, Any], description: str | None, use_llm: bool) -> dict[str, Any]:
-        options = self.options if use_llm else _options_without_judge(self.options)
-        return await judge_pick(picked, self.engine, options=options, description=description)
+    async def judge(self, document: dict[str, Any], answer: dict[str, Any] | None, errors: list[str],
+                    description: str | None, use_llm: bool) -> dict[str, Any]:
+        return await self.local(document, answer, errors, description, use_llm)
+
+
+class RemoteJudge:
+    """A ``metallmix.service.Judge`` that asks the judge deployment; when its replica fails, the answer's
+    checks are still run here (``judge.error`` says why there are no scores)."""
+
+    def __init__(self, handle: DeploymentHandle, options: LLMOptions):
+        self.handle = handle
+        self.checks_only = LocalJudge(None, options)
+
+    async def __call__(self, document: dict[str, Any], answer: dict[str, Any] | None, errors: list[str],
+                       description: str | None = None, use_llm: bool = True) -> dict[str, Any]:
+        try:
+            return await self.handle.judge.remote(document, answer, errors, description, use_llm)
+        except Exception as exc:  # the judge's replica failed: the answer goes out with the checks only
+            verdict = await self.checks_only(document, answer, errors, description, False)
+            verdict["error"] = f"judge deployment failed: {describe_error(exc)}"
+            return verdict
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=64, ray_actor_options={"num_cpus": 0})
 class RecommenderDeployment:
-    """Holds the Recommender (loaded once) and the picker's engine; judge through the judge deployment."""
+    """Holds the ``metallmix.service.RecommendationService`` (its Recommender loaded once, the picker's engine);
+    judges through the judge deployment."""
 
     def __init__(self, recommender: str, engine: DeploymentHandle | dict[str, Any] | None, model: str | None,
                  judge: DeploymentHandle, options: dict[str, Any]):
-        from metallmix.cli import obtain_recommender
-
         folder = Path(recommender)
         if (folder / "manifest.json").is_file():
-            self.recommender = obtain_recommender(None, str(folder), None)
+            loaded = obtain_recommender(None, str(folder), None)
         else:
-            self.recommender = obtain_recommender(recommender, None, None)
-        self.engine = _engine_from(engine, model)
-        self.judge = judge
-        self.options = _options(options)
+            loaded = obtain_recommender(recommender, None, None)
+        llm_options = _options(options)
+        self.service = RecommendationService(
+            loaded, picker=_engine_from(engine, model), judge=RemoteJudge(judge, llm_options), options=llm_options,
+            selection={"default": False, "reason": "the knowledge base this server was deployed with "
+                                                   "(serving/config.yaml, args.recommender)"})
 
     async def recommend(self, request: dict[str, Any]) -> dict[str, Any]:
-        from metallmix.recommend import recommend_for_dataset
-
-        document = await asyncio.to_thread(
-            recommend_for_dataset, self.recommender, dataset=request["dataset"], meta_features=request["meta_features"],
-            constraints=request["constraints"] or None, top_k=request["top_k"],
-        )
-        if not request["llm"] or self.engine is None:
-            return document
-        picked = await choose_candidate(document, self.engine, options=self.options, description=request["description"])
-        try:
-            picked["judge"] = await self.judge.judge.remote(picked, request["description"], request["judge"])
-        except Exception as exc:  # the judge's replica failed: the answer goes out with the checks only
-            no_llm = _options_without_judge(self.options)
-            picked["judge"] = await judge_pick(picked, None, options=no_llm, description=request["description"])
-            picked["judge"]["error"] = f"judge deployment failed: {describe_error(exc)}"
-        validate_recommendation(picked)
-        return picked
+        return await self.service.recommend(request)
 
     async def health(self) -> dict[str, Any]:
-        llm = None
-        if self.engine is not None:
-            await asyncio.wait_for(self.engine.check_health(), 30)
-            llm = {"model": self.engine.model, "engine": self.engine.kind}
-        return {"meta_dataset": self.recommender.meta_dataset_, "llm": llm}
+        return await self.service.health()
 
 
 api = FastAPI(
@@ -354,15 +320,15 @@ class Ingress:
               responses={404: {"description": "the dataset name is not one this server has"},
                          413: {"description": f"the body is over {MAX_BODY_BYTES} bytes"},
                          422: {"description": "bad input; `detail` says what to fix"},
-                         503: {"description": "the server's queues are full; retry after `Retry-After` seconds"}})
+                         503: {"description": "the server's queues are full; retry after `Retry-After` seconds"},
+                         200: {"model": RecommendResponse, "description": "the recommendation (validated by the service)"}})
     async def recommend(self, body: RecommendRequest) -> dict[str, Any]:
-        if (body.meta_features is None) == (body.dataset is None):
-            raise HTTPException(422, "give exactly one of meta_features (an object of numbers, e.g. "
-                                     "{\"n_images\": 2000, \"n_classes\": 5}) and dataset (a registered name, e.g. breastmnist)")
-        request = body.model_dump()
-        request["constraints"] = body.constraints.model_dump(exclude_none=True)
         try:
-            return await self.recommender.recommend.remote(request)
+            body.check_source()
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            return await self.recommender.recommend.remote(body.model_dump())
         except BackPressureError:
             raise HTTPException(503, f"the recommender's queue is full: retry in {RETRY_AFTER_S} s",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -390,7 +356,7 @@ class Ingress:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application for ``serve run`` / ``serve deploy`` (``import_path: serving.app:build_app``)."""
     settings = AppArgs(**args)
-    options = {"timeout_s": settings.timeout_s, "prompt": settings.prompt}
+    options = {"timeout_s": settings.timeout_s, "min_judge_score": settings.min_judge_score, "prompt": settings.prompt}
     _options(options)  # bad prompt options fail here, before any replica starts
     picker, picker_model = _engine_node(settings.llm, settings.llm_python, "llm_engine")
     if settings.judge_llm == "same":
@@ -425,9 +391,5 @@ def _engine_from(engine: DeploymentHandle | dict[str, Any] | None, model: str | 
 
 
 def _options(options: dict[str, Any]) -> LLMOptions:
-    return LLMOptions(timeout_s=options["timeout_s"], prompt=PromptOptions(**options["prompt"]))
-
-
-def _options_without_judge(options: LLMOptions) -> LLMOptions:
-    return LLMOptions(prompt=options.prompt, temperature=options.temperature, seed=options.seed,
-                      timeout_s=options.timeout_s, judge=False)
+    return LLMOptions(timeout_s=options["timeout_s"], prompt=PromptOptions(**options.get("prompt", {})),
+                      min_judge_score=options.get("min_judge_score", DEFAULT_MIN_JUDGE_SCORE))

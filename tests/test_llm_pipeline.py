@@ -22,20 +22,17 @@ import pytest
 from metallmix.errors import ConfigError
 from metallmix.llm import (
     Generation,
-    LLMOptions,
     OpenAIEngine,
     PromptOptions,
     build_pick_prompt,
     engine_config,
     make_engine,
-    pick_with_llm,
-    recommend_with_llm,
-    validate_recommendation,
 )
 from metallmix.llm.answer import deterministic_checks, leaks_prompt, parse_answer, unsupported_numbers
 from metallmix.llm.prompt import SYSTEM_PROMPT, clean_description
 from metallmix.metadataset import make_row
 from metallmix.recommend import Recommender, recommend
+from metallmix.service import LLMOptions, LocalJudge, RecommendationService, pick_and_judge, validate_recommendation
 
 BACKBONES = {"mobilenet_v3_small": (1.0, 0.00), "resnet18": (2.0, 0.05), "resnet50": (5.0, 0.10)}
 QUERY = {"n_images": 3000, "n_classes": 8, "pixel_std": 0.2}
@@ -115,6 +112,18 @@ JUDGE_VERDICT = {"format": 4, "accuracy": 5, "completeness": 3, "comment": "Cons
 
 def run(coroutine):
     return asyncio.run(coroutine)
+
+
+def pick_with_llm(document, engine, *, judge_engine=None, options=None, description=None):
+    """The service's LLM step with the judge in this process (``judge_engine`` None: checks only)."""
+    options = options or LLMOptions()
+    return pick_and_judge(document, engine, LocalJudge(judge_engine, options), options=options, description=description)
+
+
+def recommend_with_llm(recommender, meta_features, *, engine=None, judge_engine="same"):
+    """One request through the service, in process."""
+    with RecommendationService(recommender, picker=engine, judge=engine if judge_engine == "same" else judge_engine) as service:
+        return service.recommend_sync({"meta_features": meta_features})
 
 
 # ------------------------------------------------------------------ prompt and schema
@@ -274,7 +283,7 @@ def test_judge_sees_the_evidence_and_the_answer(document):
 
 # ------------------------------------------------------------------ entry point and engine specs
 def test_recommend_with_llm_and_without(recommender):
-    plain = recommend_with_llm(recommender, QUERY, engine="none")
+    plain = recommend_with_llm(recommender, QUERY, engine=None)
     assert plain["explanation_source"] == "template" and "llm" not in plain
     validate_recommendation(plain)
     document = recommend(recommender, QUERY, None, 5)
@@ -282,7 +291,7 @@ def test_recommend_with_llm_and_without(recommender):
                              judge_engine=ScriptedTestEngine(JUDGE_VERDICT))
     assert out["candidate_id"] == document["shortlist"][2]["candidate_id"] and out["judge"]["mean_score"] == 4.0
     with pytest.raises(ConfigError, match="unknown meta-feature"):
-        recommend_with_llm(recommender, {"n_pixels": 3}, engine="none")
+        recommend_with_llm(recommender, {"n_pixels": 3}, engine=None)
 
 
 def test_engine_specs():

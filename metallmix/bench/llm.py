@@ -2,8 +2,9 @@
 
 The Recommender (meta-learner, SHAP explainer, retrieval index) is fitted on the meta-dataset without
 the held-out dataset; its shortlist is built over the held-out dataset's recorded configurations
-(``Recommender.shortlist_document``) and the LLM step of ``metallmix.llm`` picks one, exactly as
-``metallmix recommend --llm`` does (one repair, then the meta-learner's pick, flagged as a fallback).
+(``Recommender.shortlist_document``) and ``metallmix.service`` picks one, exactly as ``metallmix recommend
+--llm`` does (deterministic checks; one repair; then the meta-learner's pick, flagged as a fallback). The
+judge is off here (``LLMOptions(judge=False)``): the benchmark measures the pick, not the judge.
 The engine (``llm_engine=...``: smollm2, qwen2.5-coder-1.5b, a model folder, an OpenAI-compatible URL) is
 started once per process and reused by every job of a multirun.
 """
@@ -40,8 +41,8 @@ def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, flo
              candidates: pd.DataFrame) -> tuple[str, float, float, dict[str, Any]]:
     """(picked candidate id, response seconds, fit seconds, extra result fields)."""
     from metallmix.bench.run import fitted_without, learner_params
-    from metallmix.llm.pipeline import choose_candidate
     from metallmix.recommend import Recommender
+    from metallmix.service import LLMOptions, RecommendationService
 
     if not cfg.get("llm_engine"):
         raise ConfigError("method=zeroshot_llm needs an engine: set llm_engine=smollm2 (or another conf/llm name, a model "
@@ -52,7 +53,8 @@ def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, flo
                                               str(cfg["meta_dataset"]), held_out, params)
     started = time.perf_counter()
     document = recommender.shortlist_document(meta_features, candidates, int(cfg.get("llm_top_k", 5)))
-    picked = asyncio.run(choose_candidate(document, engine))
+    service = RecommendationService(recommender, picker=engine, options=LLMOptions(judge=False))
+    picked = asyncio.run(service.pick(document, use_judge=False, validate=False))  # a shortlist, not a whole answer
     response_seconds = time.perf_counter() - started
     llm = picked["llm"]
     extra = {"llm": {"engine": str(cfg["llm_engine"]), "chosen_rank": llm["chosen_rank"], "fallback": llm["fallback"],

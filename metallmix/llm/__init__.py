@@ -1,16 +1,19 @@
-"""The LLM step: a local LLM picks one shortlisted candidate and justifies it; an LLM judge scores it.
-
-    from metallmix.llm import recommend_with_llm
-    doc = recommend_with_llm(recommender, {"n_images": 2000, "n_classes": 5}, engine="smollm2")
+"""The LLM step's parts: prompt, answer checks, engines, judge, and the client of the Serve app.
 
 Modules: ``prompt`` (prompt + answer schema), ``answer`` (validation + deterministic checks),
 ``engines`` (the ``LLMEngine`` protocol: vLLM in process or in a Ray actor, OpenAI-compatible HTTP),
-``judge`` (rubric scoring), ``pipeline`` (pick, repair, fallback, judge), ``models`` (offline model
-wheels converted for vLLM), ``client`` (the Serve application's HTTP API). Nothing here imports
-pandas or vLLM at import time: the package also runs in the vLLM environment.
+``judge`` (rubric scoring), ``models`` (offline model wheels converted for vLLM), ``client`` (the Serve
+application's HTTP API). The orchestration -- pick, one repair, fallback, judge, validation -- is
+``metallmix.service``, the one place a recommendation request is answered:
+
+    from metallmix.service import RecommendationService
+    with RecommendationService.from_specs("quicktune:builtin", llm="smollm2") as service:
+        answer = service.recommend_sync({"meta_features": {"n_images": 2000, "n_classes": 5}})
+
+Nothing here imports pandas, pydantic or vLLM at import time: the package also runs in the vLLM environment.
 """
 
-from metallmix.llm.client import ServerError, recommend_via_server
+from metallmix.llm.client import ServerError, recommend_via_server, server_health
 from metallmix.llm.engines import (
     Generation,
     GenerationRequest,
@@ -24,22 +27,12 @@ from metallmix.llm.engines import (
     make_engine,
 )
 from metallmix.llm.judge import judge_answer
-from metallmix.llm.pipeline import (
-    LLMOptions,
-    choose_candidate,
-    judge_pick,
-    pick_with_llm,
-    recommend_with_llm,
-    recommendation_with_llm_schema,
-    validate_recommendation,
-)
 from metallmix.llm.prompt import PromptOptions, build_pick_prompt
 
 __all__ = [
     "Generation",
     "GenerationRequest",
     "LLMEngine",
-    "LLMOptions",
     "OpenAIEngine",
     "PromptOptions",
     "RayVLLMEngine",
@@ -47,15 +40,10 @@ __all__ = [
     "VLLMEngine",
     "VLLMSettings",
     "build_pick_prompt",
-    "choose_candidate",
     "engine_config",
     "judge_answer",
-    "judge_pick",
     "load_llm_config",
     "make_engine",
-    "pick_with_llm",
     "recommend_via_server",
-    "recommend_with_llm",
-    "recommendation_with_llm_schema",
-    "validate_recommendation",
+    "server_health",
 ]

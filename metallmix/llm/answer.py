@@ -4,8 +4,11 @@ An answer is *usable* when it parses as JSON, follows the prompt's answer schema
 candidate_id is one of the shortlist's), was not cut off (finish reason "stop") and does not echo the
 system prompt. The answer is only ever parsed, never executed. The deterministic checks that travel
 with the judge's scores go further: does the quoted accuracy match the chosen candidate's prediction,
-is every number in the justification found in the evidence, does it cite evidence and name the
-chosen backbone.
+is every number in the justification found in the evidence, does it cite evidence, name the chosen
+backbone and a setting that sets it apart from the runner-up, cite SHAP or neighbour evidence; and is
+the text sound: no repeated phrases, no line of the prompt copied, no sentence cut off. An answer
+that fails any of them is not shown to the user (metallmix.service: one repair, then the fallback);
+``failed_check_messages`` says what to fix, for the repair message.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import jsonschema
 from metallmix.llm.prompt import BACKBONE_KEYS, SYSTEM_PROMPT, PickPrompt
 
 LEAK_WINDOW_WORDS = 10
+COPY_WINDOW_TOKENS = 12  # this many consecutive tokens of one prompt line in the justification: a copied line
+REPEAT_RULES = ((5, 2), (3, 3))  # (n, times): an n-word phrase occurring that often is degenerate text
+TOKEN_PATTERN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+SENTENCE_END = re.compile(r"([.!?][\"')\]]*|\[[A-Z][0-9]+\])$")
+SETTING_ALIASES = {"lr": ("learning rate",), "wd": ("weight decay",), "weight_decay": ("weight decay",),
+                   "opt": ("optimizer", "optimiser"), "bs": ("batch size",)}
 ACCURACY_TOLERANCE_POINTS = 0.051
 NUMBER_PATTERN = re.compile(r"\b\d+(?:\.\d+)?\b")
 CHECK_NAMES = (
@@ -29,6 +38,11 @@ CHECK_NAMES = (
     "evidence_cited",
     "names_backbone",
     "no_prompt_leak",
+    "no_repetition",
+    "no_copied_prompt_line",
+    "complete_sentence",
+    "names_distinguishing_setting",
+    "cites_shap_or_neighbours",
 )
 
 
@@ -77,7 +91,7 @@ def deterministic_checks(answer: dict[str, Any] | None, schema_errors: list[str]
         checks["passed"] = False
         return checks
     checks["schema_valid"] = not schema_errors
-    item = next((i for i in document["shortlist"] if str(i["candidate_id"]) == str(answer.get("candidate_id"))), None)
+    item = chosen_item(answer, document)
     checks["candidate_in_shortlist"] = item is not None
     justification = answer.get("justification") if isinstance(answer.get("justification"), str) else ""
     if item is not None:
@@ -85,16 +99,124 @@ def deterministic_checks(answer: dict[str, Any] | None, schema_errors: list[str]
         checks["quoted_accuracy_matches"] = (
             quoted is not None and abs(quoted - round(item["predicted"]["accuracy"] * 100, 1)) <= ACCURACY_TOLERANCE_POINTS
         )
-        backbone = item.get("backbone") or next((str(item["config"][k]) for k in BACKBONE_KEYS if k in item["config"]), None)
+        backbone = backbone_of(item)
         checks["names_backbone"] = backbone is None or backbone.lower() in justification.lower()
+        differing = distinguishing_settings(item, document)
+        checks["names_distinguishing_setting"] = not differing or any(
+            mentions_setting(justification, key, value) for key, value in differing.items())
     unsupported = unsupported_numbers(justification, prompt.evidence_text)
     checks["unsupported_numbers"] = unsupported
     checks["numbers_supported"] = not unsupported
     cited = answer.get("evidence") if isinstance(answer.get("evidence"), list) else []
     checks["evidence_cited"] = bool(cited) and all(label in prompt.evidence_labels for label in cited)
+    supporting = [label for label in prompt.evidence_labels if label[:1] in ("S", "N")]
+    checks["cites_shap_or_neighbours"] = not supporting or any(label in supporting for label in cited)
     checks["no_prompt_leak"] = not leaks_prompt(justification)
+    checks["no_repetition"] = repeated_phrase(justification) is None
+    checks["no_copied_prompt_line"] = copied_prompt_line(justification, prompt) is None
+    checks["complete_sentence"] = bool(SENTENCE_END.search(justification.strip()))
     checks["passed"] = all(checks[name] for name in CHECK_NAMES)
     return checks
+
+
+def failed_check_messages(checks: dict[str, Any], answer: dict[str, Any] | None, prompt: PickPrompt,
+                          document: dict[str, Any]) -> list[str]:
+    """One sentence per failed check of ``deterministic_checks``: what is wrong and what to write instead."""
+    if answer is None:
+        return ["no usable answer"]
+    item = chosen_item(answer, document)
+    justification = answer.get("justification") if isinstance(answer.get("justification"), str) else ""
+    out = []
+    for name in CHECK_NAMES:
+        if checks.get(name):
+            continue
+        if name == "schema_valid":
+            out.append("the answer does not follow the JSON schema")
+        elif name == "candidate_in_shortlist":
+            out.append(f"candidate_id must be one of {prompt.candidate_ids}")
+        elif name == "quoted_accuracy_matches" and item is not None:
+            out.append(f"predicted_accuracy_percent must be the chosen candidate's predicted accuracy as shown "
+                       f"({item['predicted']['accuracy'] * 100:.1f})")
+        elif name == "numbers_supported":
+            out.append(f"the justification has numbers found nowhere in the evidence "
+                       f"({', '.join(checks.get('unsupported_numbers') or [])}); use only numbers shown")
+        elif name == "evidence_cited":
+            out.append(f"cite evidence labels among {prompt.evidence_labels}")
+        elif name == "names_backbone" and item is not None:
+            out.append(f"name the chosen backbone ({backbone_of(item)}) in the justification")
+        elif name == "no_prompt_leak":
+            out.append("the justification repeats the instructions; justify the choice with the evidence instead")
+        elif name == "no_repetition":
+            out.append(f"the justification repeats the phrase {repeated_phrase(justification)!r}; say each thing once")
+        elif name == "no_copied_prompt_line":
+            out.append(f"the justification copies the evidence line {copied_prompt_line(justification, prompt)!r}; "
+                       "explain the choice in your own words, quoting only the numbers you need")
+        elif name == "complete_sentence":
+            out.append("the justification stops mid-sentence; write shorter, complete sentences ending with a full stop")
+        elif name == "names_distinguishing_setting" and item is not None:
+            differing = ", ".join(f"{k}={v}" for k, v in distinguishing_settings(item, document).items())
+            out.append(f"name at least one setting that sets the chosen candidate apart from the runner-up ({differing})")
+        elif name == "cites_shap_or_neighbours":
+            supporting = [label for label in prompt.evidence_labels if label[:1] in ("S", "N")]
+            out.append(f"cite at least one SHAP or neighbour label ({', '.join(supporting)}) in evidence")
+    return out
+
+
+def chosen_item(answer: dict[str, Any], document: dict[str, Any]) -> dict[str, Any] | None:
+    """The shortlist item the answer chose, or None."""
+    return next((i for i in document["shortlist"] if str(i["candidate_id"]) == str(answer.get("candidate_id"))), None)
+
+
+def backbone_of(item: dict[str, Any]) -> str | None:
+    return item.get("backbone") or next((str(item["config"][k]) for k in BACKBONE_KEYS if k in item["config"]), None)
+
+
+def distinguishing_settings(item: dict[str, Any], document: dict[str, Any]) -> dict[str, str]:
+    """The chosen candidate's settings that differ from the runner-up's (the meta-learner's top candidate, or
+    its second when the top one was chosen), as ``{key: value as shown}``; empty for a one-item shortlist."""
+    shortlist = document["shortlist"]
+    rivals = [other for other in shortlist if str(other["candidate_id"]) != str(item["candidate_id"])]
+    if not rivals:
+        return {}
+    rival = rivals[0]["config"]
+    return {key: _shown(value) for key, value in item["config"].items() if repr(rival.get(key)) != repr(value)}
+
+
+def mentions_setting(text: str, key: str, value: str) -> bool:
+    """True when ``text`` names the setting ``key`` (or a usual alias) or writes its value."""
+    lowered = text.lower()
+    names = (key.lower(), key.lower().replace("_", " "), *SETTING_ALIASES.get(key.lower(), ()))
+    if any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", lowered) for name in names):
+        return True
+    return len(value) >= 2 and re.search(rf"(?<![a-z0-9.]){re.escape(value.lower())}(?![a-z0-9])", lowered) is not None
+
+
+def repeated_phrase(text: str) -> str | None:
+    """A phrase the text repeats (an n-word phrase ``times`` times, per ``REPEAT_RULES``), or None."""
+    tokens = TOKEN_PATTERN.findall(text.lower())
+    for n, times in REPEAT_RULES:
+        counts: dict[tuple[str, ...], int] = {}
+        for i in range(len(tokens) - n + 1):
+            gram = tuple(tokens[i:i + n])
+            counts[gram] = counts.get(gram, 0) + 1
+            if counts[gram] >= times:
+                return " ".join(gram)
+    return None
+
+
+def copied_prompt_line(text: str, prompt: PickPrompt, window: int = COPY_WINDOW_TOKENS) -> str | None:
+    """The first ``window`` tokens of a prompt line that the text copies verbatim (case and punctuation
+    ignored), or None."""
+    tokens = TOKEN_PATTERN.findall(text.lower())
+    grams = {tuple(tokens[i:i + window]) for i in range(len(tokens) - window + 1)}
+    if not grams:
+        return None
+    for line in prompt.messages[-1]["content"].splitlines():
+        line_tokens = TOKEN_PATTERN.findall(line.lower())
+        for i in range(len(line_tokens) - window + 1):
+            if tuple(line_tokens[i:i + window]) in grams:
+                return " ".join(line_tokens[i:i + window])
+    return None
 
 
 def unsupported_numbers(text: str, evidence: str) -> list[str]:
@@ -117,6 +239,13 @@ def describe_error(exc: BaseException) -> str:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the prompt writes it (64, not 64.0; 0.001)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _as_float(value: Any) -> float | None:

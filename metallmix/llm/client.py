@@ -16,6 +16,7 @@ class ServerError(MetallmixError, ConnectionError):
 
 def recommend_via_server(
     url: str,
+    request: Any = None,
     *,
     meta_features: dict[str, Any] | None = None,
     dataset: str | None = None,
@@ -30,6 +31,7 @@ def recommend_via_server(
 
     Args:
         url: the application's root, e.g. ``http://127.0.0.1:8000``.
+        request: a ``metallmix.service.RecommendRequest`` (or its dict): sent as it is; else the keywords:
         meta_features / dataset: exactly one (a dataset is a name the server has registered).
         llm: let the server's LLM pick and justify (False: the meta-learner's top with its template).
         judge: let the server's judge score the answer.
@@ -37,10 +39,23 @@ def recommend_via_server(
     Raises ConfigError for a request the server rejects (4xx, with its message) and ServerError (a
     ConnectionError) when the server cannot be reached or fails (5xx, e.g. 503 when its queue is full).
     """
-    payload = {"meta_features": meta_features, "dataset": dataset, "constraints": constraints or {}, "top_k": top_k,
-               "description": description, "llm": llm, "judge": judge}
-    request = urllib.request.Request(url.rstrip("/") + "/recommend", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    if request is not None:
+        payload = request.model_dump() if hasattr(request, "model_dump") else dict(request)
+    else:
+        payload = {"meta_features": meta_features, "dataset": dataset, "constraints": constraints or {}, "top_k": top_k,
+                   "description": description, "llm": llm, "judge": judge}
+    return _call(url, "/recommend", payload, timeout_s)
+
+
+def server_health(url: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """GET /health of a running metallmix Serve application: its knowledge base and LLM (model, engine)."""
+    return _call(url, "/health", None, timeout_s)
+
+
+def _call(url: str, route: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url.rstrip("/") + route, data=data, headers={"Content-Type": "application/json"},
+                                     method="GET" if payload is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())

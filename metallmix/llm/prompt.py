@@ -102,8 +102,9 @@ def build_pick_prompt(document: dict[str, Any], options: PromptOptions | None = 
     parts.append(
         "Answer with a JSON object: candidate_id (one of the shortlist ids), "
         "predicted_accuracy_percent (the chosen candidate's predicted accuracy, as shown), evidence (the "
-        f"labels you rely on), justification (at most {options.justification_max_chars} characters: why this "
-        "candidate, naming its backbone and the settings and evidence that support it)."
+        f"labels you rely on, at least one [S] or [N] when shown), justification (at most "
+        f"{options.justification_max_chars} characters, complete sentences in your own words: why this candidate, "
+        "naming its backbone, a setting that sets it apart from the runner-up, and the evidence that supports it)."
     )
     ids = [str(item["candidate_id"]) for item in shortlist]
     schema = answer_schema(ids, labels, options.justification_max_chars)
