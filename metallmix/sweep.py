@@ -295,6 +295,14 @@ def worker_hardware() -> dict[str, Any]:
     return hw
 
 
+def ray_node() -> dict[str, str]:
+    """The Ray node this process runs on, as Ray names it: its node id (unique per node, several nodes on
+    one machine included) and its IP address. Called inside a trial, it says which node ran the run."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
 # --------------------------------------------------------------------------------------------------
 # the trial
 
@@ -345,7 +353,7 @@ def sweep_trial(tune_config: dict[str, dict[str, Any]], *, datasets: dict[str, P
 
     spec = tune_config["trial"]
     prepared = datasets[spec["dataset_id"]]
-    provenance = {**provenance, "hardware": worker_hardware()}
+    provenance = {**provenance, "hardware": worker_hardware(), "ray_node": ray_node()}
     num_threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
     try:
         result = train_run(spec["training"], prepared.dataset, seed=spec["seed"],
@@ -450,12 +458,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
     store.write_manifest(_manifest(cfg, datasets, configs, seeds, provenance, store))
     recorded_before = len(store.run_ids())
     if plan.trials:
-        ray_cfg = cfg.get("ray") or {}
-        init_kwargs: dict[str, Any] = {"address": ray_cfg.get("address") or "local", "include_dashboard": False,
-                                       "log_to_driver": bool(ray_cfg.get("log_to_driver", False))}
-        if init_kwargs["address"] == "local" and ray_cfg.get("num_cpus"):
-            init_kwargs["num_cpus"] = int(ray_cfg["num_cpus"])
-        ray.init(**init_kwargs)
+        init_ray(cfg.get("ray") or {})
         try:
             res = cfg.get("resources") or {}
             trainable = tune.with_resources(
@@ -486,6 +489,65 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepResult:
     print(f"meta-dataset: {path} ({len(store.run_ids())} runs; {result.n_recorded_now} recorded now, "
           f"{result.n_skipped} skipped as already recorded; wall time {result.wall_seconds:.0f} s)", flush=True)
     return result
+
+
+def init_ray(ray_cfg: Mapping[str, Any]) -> None:
+    """Start a local Ray (``ray.address`` null) or join the cluster at ``ray.address`` (``auto`` or HOST:PORT);
+    a cluster that cannot be joined is a ConfigError saying what to fix."""
+    import ray
+
+    address = str(ray_cfg.get("address") or "local")
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
+                              "log_to_driver": bool(ray_cfg.get("log_to_driver", False))}
+    if address == "local" and ray_cfg.get("num_cpus"):
+        kwargs["num_cpus"] = int(ray_cfg["num_cpus"])
+    if address not in ("local", "auto"):
+        check_ray_address(address)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        if address == "local":
+            raise
+        raise ConfigError(ray_connect_error(address, exc)) from exc
+
+
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, saying what to fix, when nothing listens at ``ray.address`` (HOST:PORT): ``ray.init`` would
+    retry an unreachable address for minutes."""
+    if address.startswith("ray://"):
+        return  # Ray Client: a different protocol, checked by ray.init itself
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray.address={address!r} is not HOST:PORT; give the head's address (e.g. 10.0.0.5:6379, "
+                          "the GCS port `ray start --head --port` opened), auto on a node of the cluster, or null "
+                          "for a local Ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"nothing answers at ray.address={address} ({exc}); start the cluster's head there "
+                          "(`ray start --head --port PORT` or `ray up cluster.yaml`) or fix the address") from exc
+
+
+def ray_connect_error(address: str, exc: BaseException) -> str:
+    """What to fix when ``ray.init(address=...)`` fails: token authentication, or no cluster there."""
+    from ray.exceptions import AuthenticationError
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    # Ray wraps the AuthenticationError's traceback into the text of the RuntimeError it raises.
+    if any(isinstance(e, AuthenticationError) or "AuthenticationError" in str(e) or "InvalidAuthToken" in str(e)
+           for e in chain):
+        return (f"the Ray cluster at ray.address={address} uses token authentication and refused this driver "
+                "(it sent no token, or not the cluster's): export RAY_AUTH_MODE=token with the cluster's token in "
+                "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (ray.address=auto on a node of the "
+                "cluster turns token mode on by itself when ~/.ray/auth_token exists); docs/sweep.md, "
+                "'On a Ray cluster'")
+    return (f"no Ray cluster could be joined at ray.address={address} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); start one (`ray start --head` or `ray up cluster.yaml`) "
+            "and give its address as HOST:PORT (the head's GCS port, 6379 by default) or auto on one of its "
+            "nodes, or leave ray.address null for a local Ray")
 
 
 def check_space_weights(points: Sequence[SpacePoint], *, allow_download: bool) -> None:

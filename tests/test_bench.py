@@ -629,3 +629,12 @@ def test_train_mode_candidates_of_a_translated_space_are_the_knowledge_base_conf
     assert some["input_size"] == 28 and some["pad_to"] == 224
     with pytest.raises(ConfigError, match="no config of space 'medmnistplus' runs on 'tiny'"):
         applicable_candidates(space, None, {"resolution": 16.0}, "tiny")
+
+
+def test_a_train_job_pointed_at_no_cluster_says_so(tmp_path):
+    """train.ray.address goes through metallmix.sweep.init_ray: nothing listening there is a clear error, at once."""
+    proc = subprocess.run([sys.executable, "-m", "metallmix.bench", "mode=train", "meta_dataset=sweeps/medium",
+                           "held_out=generated", "method=random", "budget.trials=1", "train.ray.address=127.0.0.1:9",
+                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "nothing answers at ray.address=127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr

@@ -102,15 +102,15 @@ def bench_trial(config: dict[str, Any], *, dataset: Any, configs: dict[str, dict
 
 
 def _ensure_ray(ray_cfg: Mapping[str, Any]) -> None:
+    """Ray for the job's trials, started once per process (``metallmix.sweep.init_ray``: a local Ray, or the
+    cluster at ``train.ray.address``, refused with what to fix when it cannot be joined)."""
     import ray
+
+    from metallmix.sweep import init_ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"address": ray_cfg.get("address") or "local", "include_dashboard": False,
-                              "log_to_driver": False}
-    if kwargs["address"] == "local" and ray_cfg.get("num_cpus"):
-        kwargs["num_cpus"] = int(ray_cfg["num_cpus"])
-    ray.init(**kwargs)
+    init_ray(ray_cfg)
     atexit.register(ray.shutdown)
 
 

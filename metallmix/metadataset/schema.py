@@ -26,7 +26,8 @@ cost_flops_estimate    float|null  optional column: estimated training compute i
 n_epochs               int         epochs completed
 curve_json             str         JSON list of per-epoch records
 metrics_json           str         JSON object of every other metric
-provenance_json        str         JSON object: git sha, host, hardware, library versions, time
+provenance_json        str         JSON object: git sha, host, hardware, library versions, time;
+                                   a sweep row also the Ray node that ran it (ray_node)
 =====================  ==========  ============================================================
 """
 
