@@ -57,7 +57,7 @@ from metallmix.llm.answer import (
     repair_message,
 )
 from metallmix.llm.engines import GenerationRequest, LLMEngine, make_engine
-from metallmix.llm.judge import RUBRIC, judge_answer
+from metallmix.llm.judge import RUBRIC, fold_verdict, judge_answer
 from metallmix.llm.prompt import PickPrompt, PromptOptions, build_pick_prompt
 
 # ------------------------------------------------------------------ limits of a request
@@ -184,12 +184,25 @@ class JudgeChecks(BaseModel):
     complete_sentence: bool
     names_distinguishing_setting: bool
     cites_shap_or_neighbours: bool
+    claims_supported: bool
     unsupported_numbers: list[str]
     passed: bool
 
 
+class VerdictScores(BaseModel):
+    """The rubric levels with the deterministic checks folded in (metallmix.llm.judge.fold_verdict)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: float = Field(ge=1, le=5)
+    accuracy: float = Field(ge=1, le=5)
+    completeness: float = Field(ge=1, le=5)
+
+
 class JudgeReport(BaseModel):
-    """The ``judge`` part of an answer: rubric scores of the LLM's last answer, and the deterministic checks."""
+    """The ``judge`` part of an answer: rubric scores of the LLM's last answer (``scores``, ``mean_score``: the
+    LLM's own), the deterministic checks, and the verdict folding both (``verdict_scores``, ``verdict_score``:
+    a failed check caps its criterion, ``capped_by`` says which)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -197,6 +210,9 @@ class JudgeReport(BaseModel):
     mean_score: float | None
     comment: str | None
     checks: JudgeChecks
+    verdict_scores: VerdictScores
+    verdict_score: float = Field(ge=1, le=5)
+    capped_by: list[str]
     model: str | None
     engine: str | None
     latency_s: float | None
@@ -230,7 +246,8 @@ class RecommendResponse(BaseModel):
     judge: JudgeReport | None = None
 
 
-if tuple(JudgeChecks.model_fields)[:len(CHECK_NAMES)] != CHECK_NAMES or tuple(JudgeScores.model_fields) != RUBRIC:
+if (tuple(JudgeChecks.model_fields)[:len(CHECK_NAMES)] != CHECK_NAMES or tuple(JudgeScores.model_fields) != RUBRIC
+        or tuple(VerdictScores.model_fields) != RUBRIC):
     raise ImportError("metallmix.service's JudgeChecks / JudgeScores must list metallmix.llm's CHECK_NAMES / RUBRIC")
 
 
@@ -291,7 +308,8 @@ class LLMOptions:
         seed: sampling seed.
         timeout_s: longest wait for one engine call (pick, repair or judge) before falling back.
         judge: run the LLM judge (the deterministic checks always run).
-        min_judge_score: an answer whose mean rubric score (1-5) is below this is rejected (0: never).
+        min_judge_score: an answer whose judge verdict (the mean of the three rubric levels, 1-5, with the
+            deterministic checks folded in) is below this is rejected (0: never).
     """
 
     prompt: PromptOptions = field(default_factory=PromptOptions)
@@ -339,8 +357,8 @@ class LocalJudge:
 def unscored_verdict(prompt: PickPrompt, answer: dict[str, Any] | None, parse_errors: list[str],
                      document: dict[str, Any], reason: str) -> dict[str, Any]:
     """A ``judge`` entry with the deterministic checks only (no LLM call), ``reason`` in ``error``."""
-    return {"scores": None, "mean_score": None, "comment": None,
-            "checks": deterministic_checks(answer, parse_errors, prompt, document),
+    checks = deterministic_checks(answer, parse_errors, prompt, document)
+    return {"scores": None, "mean_score": None, "comment": None, "checks": checks, **fold_verdict(None, checks),
             "model": None, "engine": None, "latency_s": None, "error": reason}
 
 
@@ -425,11 +443,17 @@ async def pick_and_judge(
 
 
 def _judge_rejection(verdict: dict[str, Any], options: LLMOptions) -> list[str]:
-    """Why the judge's verdict rejects the answer ([] when it does not: no scores, or at the threshold)."""
-    mean = verdict.get("mean_score")
+    """Why the judge's verdict rejects the answer ([] when it does not: no scores, or at the threshold).
+
+    The threshold applies to ``verdict_score``, the LLM's scores folded with the deterministic checks
+    (metallmix.llm.judge.fold_verdict), not to the LLM's own scores: the default judge's own scores do not
+    tell faithful from corrupted answers (docs/llm.md, "Judge: does it discriminate?"), so alone they
+    would veto at chance. An answer that passes every check scores at least 3 there, so the default
+    threshold of 3 lets the judge's LLM reject only above it (``min_judge_score`` > 3)."""
+    mean = verdict.get("verdict_score")
     if mean is None or mean >= options.min_judge_score:
         return []
-    scores = ", ".join(f"{name} {score}" for name, score in (verdict.get("scores") or {}).items())
+    scores = ", ".join(f"{name} {score}" for name, score in (verdict.get("verdict_scores") or {}).items())
     comment = f": {verdict['comment']}" if verdict.get("comment") else ""
     return [f"the judge scored the answer {mean:.2f} of 5 ({scores}), below the {options.min_judge_score:g} "
             f"required{comment}; justify the choice with the evidence, completely and accurately"]

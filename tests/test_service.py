@@ -9,6 +9,8 @@ call the ``recommender`` deployment makes (the real Serve app is tested in tests
 
 from __future__ import annotations
 
+import re
+
 import copy
 import json
 import threading
@@ -127,18 +129,23 @@ def test_substance_checks_name_the_backbone_a_distinguishing_setting_and_shap_or
 def test_a_judge_below_the_threshold_falls_back(document):
     answer = good_answer(document, rank=2)
     picker, judge = ScriptedTestEngine(answer, answer), ScriptedTestEngine(LOW_VERDICT, LOW_VERDICT)
-    out = _pick(document, picker, judge, LLMOptions(min_judge_score=3))
+    # the threshold applies to the verdict (checks folded in): an answer passing every check is at 3 or more,
+    # here 3 + (llm - 1) / 2 per criterion = 3.17, so only a threshold above 3 lets the LLM's low scores reject it
+    out = _pick(document, picker, judge, LLMOptions(min_judge_score=4))
     validate_recommendation(out)
     assert out["llm"]["fallback"] is True and out["llm"]["attempts"] == 2 and len(judge.requests) == 2
-    assert "the judge scored the answer 1.33 of 5 (format 1, accuracy 2, completeness 1), below the 3 required" \
-        in out["llm"]["fallback_reason"]
+    assert re.search(r"the judge scored the answer 3\.17 of 5 \(format 3(\.0)?, accuracy 3\.5, completeness 3(\.0)?\), "
+                     r"below the 4 required", out["llm"]["fallback_reason"]), out["llm"]["fallback_reason"]
     assert "Vague and unsupported." in picker.requests[1].messages[-1]["content"]
     assert out["explanation"] == document["explanation"] and out["explanation_source"] == "template"
     assert out["judge"]["scores"] == {"format": 1, "accuracy": 2, "completeness": 1}  # the verdict on the rejected answer
-    # the same verdict with no threshold (0) accepts the answer; a good verdict on the repair accepts it too
-    assert _pick(document, ScriptedTestEngine(answer), ScriptedTestEngine(LOW_VERDICT),
-                 LLMOptions(min_judge_score=0))["llm"]["fallback"] is False
-    repaired = _pick(document, ScriptedTestEngine(answer, answer), ScriptedTestEngine(LOW_VERDICT, JUDGE_VERDICT))
+    # the same verdict at the default threshold (3) or none (0) accepts the answer; a good verdict on the
+    # repair accepts it too
+    for threshold in (3, 0):
+        assert _pick(document, ScriptedTestEngine(answer), ScriptedTestEngine(LOW_VERDICT),
+                     LLMOptions(min_judge_score=threshold))["llm"]["fallback"] is False
+    repaired = _pick(document, ScriptedTestEngine(answer, answer), ScriptedTestEngine(LOW_VERDICT, JUDGE_VERDICT),
+                     LLMOptions(min_judge_score=4))
     assert repaired["llm"]["fallback"] is False and repaired["judge"]["mean_score"] == 4.0
 
 

@@ -5,7 +5,8 @@ candidate_id is one of the shortlist's), was not cut off (finish reason "stop") 
 system prompt. The answer is only ever parsed, never executed. The deterministic checks that travel
 with the judge's scores go further: does the quoted accuracy match the chosen candidate's prediction,
 is every number in the justification found in the evidence, does it cite evidence, name the chosen
-backbone and a setting that sets it apart from the runner-up, cite SHAP or neighbour evidence; and is
+backbone and a setting that sets it apart from the runner-up, cite SHAP or neighbour evidence, claim
+nothing the evidence contradicts (a SHAP direction reversed, a label that was not shown); and is
 the text sound: no repeated phrases, no line of the prompt copied, no sentence cut off. An answer
 that fails any of them is not shown to the user (metallmix.service: one repair, then the fallback);
 ``failed_check_messages`` says what to fix, for the repair message.
@@ -43,7 +44,12 @@ CHECK_NAMES = (
     "complete_sentence",
     "names_distinguishing_setting",
     "cites_shap_or_neighbours",
+    "claims_supported",
 )
+LABEL_IN_TEXT = re.compile(r"\[([A-Za-z][0-9]+)\]")
+CLAUSE_SPLIT = re.compile(r"[.;:!?()]|,\s|\b(?:and|while|but|whereas|although)\b")
+RAISE_WORDS = ("raises", "increases", "boosts", "improves", "adds")  # a claimed SHAP direction: third-person
+LOWER_WORDS = ("lowers", "reduces", "decreases", "hurts", "penalises", "penalizes")  # verbs only, few false alarms
 
 
 def parse_answer(text: str, finish_reason: str | None, prompt: PickPrompt) -> tuple[dict[str, Any] | None, list[str]]:
@@ -115,6 +121,7 @@ def deterministic_checks(answer: dict[str, Any] | None, schema_errors: list[str]
     checks["no_repetition"] = repeated_phrase(justification) is None
     checks["no_copied_prompt_line"] = copied_prompt_line(justification, prompt) is None
     checks["complete_sentence"] = bool(SENTENCE_END.search(justification.strip()))
+    checks["claims_supported"] = not unsupported_claims(justification, prompt, document)
     checks["passed"] = all(checks[name] for name in CHECK_NAMES)
     return checks
 
@@ -159,6 +166,10 @@ def failed_check_messages(checks: dict[str, Any], answer: dict[str, Any] | None,
         elif name == "cites_shap_or_neighbours":
             supporting = [label for label in prompt.evidence_labels if label[:1] in ("S", "N")]
             out.append(f"cite at least one SHAP or neighbour label ({', '.join(supporting)}) in evidence")
+        elif name == "claims_supported":
+            out.append("the justification claims what the evidence does not say ("
+                       + "; ".join(unsupported_claims(justification, prompt, document))
+                       + "); state the SHAP directions and the labels as shown")
     return out
 
 
@@ -189,6 +200,49 @@ def mentions_setting(text: str, key: str, value: str) -> bool:
     if any(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", lowered) for name in names):
         return True
     return len(value) >= 2 and re.search(rf"(?<![a-z0-9.]){re.escape(value.lower())}(?![a-z0-9])", lowered) is not None
+
+
+def unsupported_claims(text: str, prompt: PickPrompt, document: dict[str, Any]) -> list[str]:
+    """Claims of the text that the evidence contradicts: a label written in the text that the prompt does not
+    show (e.g. a neighbour [N7] of three), and a clause that names one SHAP feature with a direction (raises /
+    lowers) opposite to every SHAP attribution of that feature shown. Clauses naming several features, or both
+    directions, are not judged (a conservative reading: no false alarms on sound text)."""
+    out = [f"[{label}] is not in the evidence" for label in LABEL_IN_TEXT.findall(text)
+           if label.upper() not in prompt.evidence_labels]
+    directions = shap_directions(document) if "S1" in prompt.evidence_labels else {}
+    for clause in CLAUSE_SPLIT.split(text.lower()):
+        if not clause or not clause.strip():
+            continue
+        named = [name for name in directions if _mentions(clause, name)]
+        named = [name for name in named if not any(name != other and name in other for other in named)]
+        raises = any(_mentions(clause, word) for word in RAISE_WORDS)
+        lowers = any(_mentions(clause, word) for word in LOWER_WORDS)
+        if len(named) != 1 or raises == lowers:
+            continue
+        claimed = "raises" if raises else "lowers"
+        if claimed not in directions[named[0]]:
+            out.append(f"'{named[0]}' {claimed} accuracy, but the SHAP evidence says it "
+                       f"{' / '.join(sorted(directions[named[0]]))} it")
+    return out
+
+
+def shap_directions(document: dict[str, Any]) -> dict[str, set[str]]:
+    """``{feature name as written (lowercase): {"raises" | "lowers", ...}}`` over the SHAP explanations shown:
+    each feature under its base name (``lr`` for ``lr = 0.001``) and its spaced form."""
+    out: dict[str, set[str]] = {}
+    for explanation in (document.get("evidence") or {}).get("shap") or []:
+        for feature in explanation.get("top_features") or []:
+            direction = feature.get("direction")
+            if direction not in ("raises", "lowers"):
+                continue
+            base = str(feature.get("name", "")).partition("=")[0].strip().lower()
+            for name in {base, base.replace("_", " ")} - {""}:
+                out.setdefault(name, set()).add(direction)
+    return out
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![a-z0-9_]){re.escape(name)}(?![a-z0-9_])", text) is not None
 
 
 def repeated_phrase(text: str) -> str | None:
