@@ -39,12 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_SPEC = "quicktune:builtin"  # the Quick-Tune runs shipped with metallmix
-VARIANTS = {
-    "llm": {"include_shap": True, "include_neighbours": True},
-    "llm_no_shap": {"include_shap": False, "include_neighbours": True},
-    "llm_no_retrieval": {"include_shap": True, "include_neighbours": False},
-    "llm_no_evidence": {"include_shap": False, "include_neighbours": False},
-}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -120,79 +114,148 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
         ray.shutdown()
 
 
-# ------------------------------------------------------------------ lodo
-def run_lodo(args: argparse.Namespace) -> dict[str, Any]:
-    from metallmix.evaluate import evaluate_lodo
-    from metallmix.llm import PromptOptions, make_engine
+# ------------------------------------------------------------------ compare
+EVIDENCE = {"full": {}, "no_shap": {"include_shap": False}, "no_neighbours": {"include_neighbours": False},
+            "none": {"include_shap": False, "include_neighbours": False}}
+
+
+def lodo_documents(specs: list[str], datasets: str, top_k: int, learner_params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Leave-one-dataset-out prompts: per knowledge base and held-out dataset, a Recommender fitted without the
+    dataset's family, the held-out dataset's recorded configs scored, the top ``top_k`` shortlisted. Each entry
+    keeps the document and the surrogate-only latency (scoring + shortlist + SHAP + neighbours)."""
     from metallmix.metadataset import load_meta_dataset, row_meta_features
-    from metallmix.metadataset.schema import config_columns
+    from metallmix.metadataset.schema import config_columns, without_family
     from metallmix.recommend import Recommender
+
+    out = []
+    for spec in specs:
+        df = load_meta_dataset(spec)
+        names = sorted(df["dataset_id"].unique())
+        chosen = names[: int(datasets)] if datasets.isdigit() else names if datasets == "all" else datasets.split(",")
+        for dataset in chosen:
+            held_out = df[df["dataset_id"] == dataset]
+            recommender = Recommender(metalearner_params=learner_params).fit(without_family(df, dataset))
+            candidates = held_out.set_index("run_id")[config_columns(held_out)]
+            meta_features = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
+            started = time.perf_counter()
+            document = recommender.shortlist_document(meta_features, candidates, top_k)
+            out.append({"spec": spec, "dataset": dataset, "surrogate_s": round(time.perf_counter() - started, 3),
+                        "document": json.loads(json.dumps(document, default=str))})
+            print(f"prompt {spec} {dataset}: surrogate {out[-1]['surrogate_s']} s", flush=True)
+    return out
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Every model x role on the same leave-one-dataset-out prompts: checks + judge, latency, agreement, regret."""
+    from metallmix.llm import PromptOptions, make_engine
     from metallmix.service import LLMOptions, RecommendationService
 
-    df = load_meta_dataset(args.meta_dataset)
-    datasets = sorted(df["dataset_id"].unique())
-    if args.datasets.isdigit():
-        datasets = datasets[: int(args.datasets)]
+    cache = Path(args.prompts) if args.prompts else None
+    if cache is not None and cache.is_file():
+        prompts = json.loads(cache.read_text())
+        print(f"prompts read from {cache} ({len(prompts)})", flush=True)
     else:
-        datasets = args.datasets.split(",")
-    engine = make_engine(args.llm)
-    picks: dict[str, dict[str, str]] = {}
-    records: dict[str, dict[str, Any]] = {}
-    try:
-        for dataset in datasets:
-            held_out = df[df["dataset_id"] == dataset]
-            train_df = df[df["dataset_id"] != dataset]
-            started = time.perf_counter()
-            recommender = Recommender(metalearner_params=json.loads(args.metalearner_params)).fit(train_df)
-            candidates = held_out.set_index("run_id")[config_columns(held_out)]
-            mf = {k: v for k, v in row_meta_features(held_out.iloc[0]).items() if v == v}
-            document = recommender.shortlist_document(mf, candidates, args.top_k)
-            fit_s = time.perf_counter() - started
-            picks[dataset] = {"argmax": document["candidate_id"]}
-            records[dataset] = {"fit_s": round(fit_s, 1), "argmax": document["candidate_id"]}
-            for variant in args.variants.split(","):
-                flags = VARIANTS[variant]
-                judged = variant == "llm"
-                options = LLMOptions(prompt=PromptOptions(**flags), timeout_s=args.timeout_s, judge=judged)
-                service = RecommendationService(recommender, picker=engine, judge=engine, options=options)
-                picked = asyncio.run(service.pick(document, use_judge=judged, validate=False))
-                picks[dataset][variant] = picked["candidate_id"]
-                records[dataset][variant] = {
-                    "picked": picked["candidate_id"], "rank": picked["llm"]["chosen_rank"], "fallback": picked["llm"]["fallback"],
-                    "fallback_reason": picked["llm"]["fallback_reason"],
-                    "latency_s": picked["llm"]["latency_s"], "prompt_tokens": picked["llm"]["prompt_tokens"],
-                    **({"judge": picked["judge"]["scores"], "judge_latency_s": picked["judge"]["latency_s"],
-                        "checks_passed": picked["judge"]["checks"]["passed"]} if variant == "llm" else {}),
-                }
-                print(dataset, variant, records[dataset][variant], flush=True)
-    finally:
-        if engine is not None:
-            engine.close()
+        prompts = lodo_documents(args.meta_datasets.split(","), args.datasets, args.top_k, json.loads(args.metalearner_params))
+        if cache is not None:
+            cache.write_text(json.dumps(prompts))
+    runs: list[dict[str, Any]] = []
+    for model in args.models.split(","):
+        started = time.perf_counter()
+        engine = make_engine(model)
+        ready_s = round(time.perf_counter() - started, 1)
+        try:
+            for role in args.roles.split(","):
+                options = LLMOptions(prompt=PromptOptions(role=role, **EVIDENCE[args.evidence]), timeout_s=args.timeout_s)
+                service = RecommendationService(None, picker=engine, judge=engine, options=options)
+                limit = args.per_model.get(model)
+                for entry in prompts if limit is None else [p for p in prompts if p["dataset"] in limit]:
+                    document = entry["document"]
+                    t0 = time.perf_counter()
+                    picked = asyncio.run(service.pick(document, use_judge=True, validate=False))
+                    total = time.perf_counter() - t0
+                    llm, judge = picked["llm"], picked["judge"]
+                    judge_s = judge["latency_s"] or 0.0
+                    runs.append({
+                        "model": model, "role": role, "spec": entry["spec"], "dataset": entry["dataset"],
+                        "engine_ready_s": ready_s, "surrogate_s": entry["surrogate_s"],
+                        "picked": picked["candidate_id"], "argmax": document["candidate_id"],
+                        "shown": not llm["fallback"], "attempts": llm["attempts"], "fallback_reason": llm["fallback_reason"],
+                        "verdict_score": judge["verdict_score"], "judge_scores": judge["scores"],
+                        "pick_s": round(total - judge_s, 2), "judge_s": round(judge_s, 2), "total_s": round(total, 2),
+                        "prompt_tokens": llm["prompt_tokens"], "completion_tokens": llm["completion_tokens"],
+                        "justification": (llm["answer"] or {}).get("justification"),
+                    })
+                    r = runs[-1]
+                    print(f"{model} {role} {entry['spec']} {entry['dataset']}: shown={r['shown']} attempts={r['attempts']} "
+                          f"pick {r['pick_s']} s judge {r['judge_s']} s | {r['fallback_reason'] or r['justification']}", flush=True)
+        finally:
+            if engine is not None:
+                engine.close()
+    summary = summarise(runs, prompts)
+    print(summary["table"])
+    return {"models": args.models, "roles": args.roles, "evidence": args.evidence, "top_k": args.top_k,
+            "prompts": [{k: v for k, v in p.items() if k != "document"} for p in prompts],
+            "runs": runs, "summary": {k: v for k, v in summary.items() if k != "table"}, "table": summary["table"]}
 
-    def replay(variant: str):
-        by_candidates = {frozenset(df[df["dataset_id"] == d]["run_id"]): picks[d][variant] for d in datasets}
-        return lambda train_df, meta_features, candidates: by_candidates[frozenset(candidates.index)]
 
-    summary = {}
-    for variant in ["argmax", *args.variants.split(",")]:
-        result = evaluate_lodo(df, pick=replay(variant), method=variant, baselines=False, datasets=datasets)
-        entry = dict(result["summary"][variant])
-        if variant != "argmax":
-            rows = [records[d][variant] for d in datasets]
-            entry["agrees_with_argmax"] = sum(picks[d][variant] == picks[d]["argmax"] for d in datasets)
-            entry["fallbacks"] = sum(r["fallback"] for r in rows)
-            entry["llm_latency"] = percentiles([r["latency_s"] for r in rows])
-        if variant == "llm":
-            scored = [records[d]["llm"]["judge"] for d in datasets if records[d]["llm"]["judge"]]
-            entry["judge_mean"] = {k: round(statistics.mean(s[k] for s in scored), 2) for k in scored[0]} if scored else None
-            entry["judge_scored"] = len(scored)
-            entry["checks_passed"] = sum(records[d]["llm"]["checks_passed"] for d in datasets)
-        summary[variant] = entry
-        print(variant, entry, flush=True)
-    reference = evaluate_lodo(df, baselines=True, random_ks=(1, 3), datasets=datasets)["summary"]
-    print("evaluate.py baselines on the same datasets:", json.dumps(reference), flush=True)
-    return {"llm": args.llm, "datasets": datasets, "top_k": args.top_k, "summary": summary,
-            "evaluate_baselines": reference, "per_dataset": records}
+def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model x role: answers shown, fallbacks, latency, agreement, regret; per model (role pick): the LLM's
+    pick against the argmax, paired over datasets."""
+    import pandas as pd
+
+    from metallmix.bench.report import paired_comparison
+    from metallmix.evaluate import evaluate_lodo
+    from metallmix.metadataset import load_meta_dataset
+
+    regret: dict[tuple[str, str], float] = {}  # (spec/dataset, run key) -> normalised regret of the recorded pick
+    for spec in sorted({p["spec"] for p in prompts}):
+        df = load_meta_dataset(spec)
+        picks = [("argmax", p["dataset"], p["document"]["candidate_id"]) for p in prompts if p["spec"] == spec]
+        picks += [(f"{r['model']}/{r['role']}", r["dataset"], r["picked"]) for r in runs if r["spec"] == spec]
+        for key, dataset, chosen in picks:
+            result = evaluate_lodo(df, pick=lambda *_, chosen=chosen: chosen, baselines=False, datasets=[dataset],
+                                   intervals=False)
+            regret[(f"{spec}/{dataset}", key)] = result["datasets"][0]["normalized_regret"]
+    surrogate = percentiles([p["surrogate_s"] for p in prompts])
+    rows, comparisons = [], []
+    lines = ["| model | role | prompts | shown (checks + judge passed) | first answer passed | fallbacks | verdict mean "
+             "| pick p50 / p95 | judge p50 / p95 | total p50 / p95 | agrees with argmax | mean regret (argmax) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, role in dict.fromkeys((r["model"], r["role"]) for r in runs):
+        mine = [r for r in runs if r["model"] == model and r["role"] == role]
+        key = f"{model}/{role}"
+        cells = {(f"{r['spec']}/{r['dataset']}", m): regret[(f"{r['spec']}/{r['dataset']}", m)]
+                 for r in mine for m in (key, "argmax")}
+        row = {
+            "model": model, "role": role, "prompts": len(mine), "shown": sum(r["shown"] for r in mine),
+            "first_passed": sum(r["shown"] and r["attempts"] == 1 for r in mine),
+            "fallbacks": sum(not r["shown"] for r in mine),
+            "verdict_mean": round(statistics.mean(r["verdict_score"] for r in mine), 2),
+            "pick": percentiles([r["pick_s"] for r in mine]), "judge": percentiles([r["judge_s"] for r in mine]),
+            "total": percentiles([r["total_s"] for r in mine]),
+            "agrees": sum(r["picked"] == r["argmax"] for r in mine),
+            "regret": round(statistics.mean(v for (_, m), v in cells.items() if m == key), 3),
+            "argmax_regret": round(statistics.mean(v for (_, m), v in cells.items() if m == "argmax"), 3),
+        }
+        rows.append(row)
+        lines.append(f"| {model} | {role} | {row['prompts']} | {row['shown']} | {row['first_passed']} | {row['fallbacks']} "
+                     f"| {row['verdict_mean']} | {row['pick']['p50_s']} / {row['pick']['p95_s']} s "
+                     f"| {row['judge']['p50_s']} / {row['judge']['p95_s']} s | {row['total']['p50_s']} / {row['total']['p95_s']} s "
+                     f"| {row['agrees']}/{row['prompts']} | {row['regret']} ({row['argmax_regret']}) |")
+        if role == "pick":
+            frame = pd.DataFrame({"normalized_regret": cells}).rename_axis(["dataset", "method"])
+            for spec in [None, *sorted({r["spec"] for r in mine})]:
+                part = frame if spec is None else frame[frame.index.get_level_values("dataset").str.startswith(spec + "/")]
+                comparisons.append({"model": model, "knowledge_base": spec or "all", **paired_comparison(part, key, "argmax")})
+    lines += ["", f"surrogate only (scoring + shortlist + SHAP + neighbours): p50 {surrogate['p50_s']} s, "
+                  f"p95 {surrogate['p95_s']} s over {surrogate['n']} prompts", "",
+              "| LLM pick vs argmax | knowledge base | datasets | mean regret | difference [95% interval] | p (Wilcoxon) "
+              "| LLM better / tie / worse |", "|---|---|---:|---:|---:|---:|---:|"]
+    for c in comparisons:
+        lines.append(f"| {c['model']} | {c['knowledge_base']} | {c['n_datasets']} | {c['mean']:.3f} vs {c['other_mean']:.3f} "
+                     f"| {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p_value']:.3g} "
+                     f"| {c['better']} / {c['ties']} / {c['worse']} |")
+    return {"rows": rows, "surrogate_only": surrogate, "llm_pick_vs_argmax": comparisons, "table": "\n".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,20 +267,26 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--meta-dataset", default=DEFAULT_SPEC, help="where the requests' meta-features come from")
     s.add_argument("--requests", type=int, default=5)
     s.add_argument("--clients", type=int, default=8)
-    l_ = sub.add_parser("lodo", help="LLM picks against the meta-learner's argmax, leave-one-dataset-out")
-    l_.add_argument("--llm", default="smollm2")
-    l_.add_argument("--meta-dataset", default=DEFAULT_SPEC)
-    l_.add_argument("--datasets", default="6", help="how many (first N by name) or a comma-separated list")
-    l_.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, among {list(VARIANTS)}")
-    l_.add_argument("--top-k", type=int, default=5)
-    l_.add_argument("--timeout-s", type=float, default=900)
-    l_.add_argument("--metalearner-params", default='{"n_estimators": 100}', help="JSON")
-    for p in (s, l_):
+    c = sub.add_parser("compare", help="models x roles on the same leave-one-dataset-out prompts")
+    c.add_argument("--models", default="smollm2", help="comma-separated conf/llm names or model aliases")
+    c.add_argument("--roles", default="explain,pick", help="comma-separated, among explain, pick")
+    c.add_argument("--meta-datasets", default="quicktune:builtin,medmnistplus:builtin")
+    c.add_argument("--datasets", default="all", help="per knowledge base: all, the first N by name, or a list")
+    c.add_argument("--per-model", default="", help="MODEL=D1+D2+...;... : run MODEL on these held-out datasets only "
+                                                  "(a slow model on a subset of the same prompts)")
+    c.add_argument("--evidence", default="full", choices=sorted(EVIDENCE))
+    c.add_argument("--prompts", help="a JSON file: read the prompts from it if it exists, else write them there")
+    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--timeout-s", type=float, default=900)
+    c.add_argument("--metalearner-params", default='{"n_estimators": 100}', help="JSON")
+    for p in (s, c):
         p.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    if args.part == "lodo" and not set(args.variants.split(",")) <= set(VARIANTS):
-        parser.error(f"--variants must be among {list(VARIANTS)}")
-    result = run_serve(args) if args.part == "serve" else run_lodo(args)
+    if args.part == "compare":
+        if not set(args.roles.split(",")) <= {"explain", "pick"}:
+            parser.error("--roles must be among explain, pick")
+        args.per_model = {m: set(d.split("+")) for m, _, d in (x.partition("=") for x in args.per_model.split(";") if x)}
+    result = run_serve(args) if args.part == "serve" else run_compare(args)
     result["command"] = " ".join(["benchmarks/llm_response_time.py", *sys.argv[1:]])
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

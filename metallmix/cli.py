@@ -95,13 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--shap-summary", metavar="PNG", help="also write a SHAP summary plot of the accuracy model")
     rec.add_argument("--shap-waterfall", metavar="PNG", help="also write a SHAP waterfall plot of the pick's predicted accuracy")
     rec.add_argument("--llm", default="none", metavar="MODEL_OR_none",
-                     help="let an LLM pick from the shortlist and justify it: a conf/llm name (smollm2, "
+                     help="an LLM that explains the pick (or picks: --llm-role): a conf/llm name (smollm2, "
                           "qwen2_5_coder_1_5b, ...), a model folder, an OpenAI-compatible http(s)://.../v1 URL, "
                           "or none (default: the meta-learner's pick with a template explanation). With --server: "
                           "'server' (the server's model) or the model the server runs")
     rec.add_argument("--judge-llm", default="same", metavar="MODEL",
                      help="the judge's model (default: same as --llm; none: deterministic checks only). With --server: "
                           "same or none (the server's judge is set when it is deployed)")
+    rec.add_argument("--llm-role", choices=("explain", "pick"), default=None,
+                     help="explain (default): the pick is the meta-learner's top candidate and the LLM writes why; pick: "
+                          "the LLM chooses among the shortlist (measured no better: docs/llm.md). Not with --server "
+                          "(set when the server is deployed)")
     rec.add_argument("--server", metavar="URL",
                      help="ask a running metallmix Serve app (serving/) instead of working in-process: the same request "
                           "is sent (a local --dataset's meta-features are computed here); --meta-dataset, --model-dir, "
@@ -193,7 +197,8 @@ def _text(value: Any, name: str) -> str | None:
 
 def _recommend_in_process(args: argparse.Namespace, constraints: dict[str, Any]) -> dict[str, Any]:
     from metallmix.recommend import describe_dataset, parse_meta_features
-    from metallmix.service import RecommendationService, finite_meta_features
+    from metallmix.llm.prompt import PromptOptions
+    from metallmix.service import LLMOptions, RecommendationService, finite_meta_features
 
     if SERVER_LLM in (args.llm, args.judge_llm):
         raise ConfigError(f"--llm/--judge-llm {SERVER_LLM} means the server's model: give --server URL, or name a model")
@@ -207,8 +212,9 @@ def _recommend_in_process(args: argparse.Namespace, constraints: dict[str, Any])
         spec, selection = _knowledge_base(args, None, given)
     request = _request(args, constraints, meta_features=meta_features, computed=computed,
                        use_llm=args.llm != "none", use_judge=args.judge_llm != "none")
+    options = LLMOptions(prompt=PromptOptions(role=args.llm_role or "explain"))
     with RecommendationService.from_specs(spec, model_dir=args.model_dir, cache_dir=args.cache_dir, llm=args.llm,
-                                          judge_llm=args.judge_llm, selection=selection) as service:
+                                          judge_llm=args.judge_llm, options=options, selection=selection) as service:
         document = service.recommend_sync(request)
         if args.shap_summary:
             service.recommender.explainer_.save_summary_plot(args.shap_summary)
@@ -229,11 +235,12 @@ def _recommend_via_server(args: argparse.Namespace, constraints: dict[str, Any])
             "(serving/config.yaml, args.recommender) and cannot switch per request; drop --meta-dataset (the answer's "
             f"meta_dataset.spec says which knowledge base answered), or drop --server to use {args.meta_dataset} here")
     local_only = [flag for flag, value in (("--model-dir", args.model_dir), ("--cache-dir", args.cache_dir),
-                                           ("--shap-summary", args.shap_summary), ("--shap-waterfall", args.shap_waterfall))
+                                           ("--shap-summary", args.shap_summary), ("--shap-waterfall", args.shap_waterfall),
+                                           ("--llm-role", args.llm_role))
                   if value is not None]
     if local_only:
-        raise ConfigError(f"{', '.join(local_only)}: only in process (the server holds its own recommender); "
-                          "drop them, or drop --server")
+        raise ConfigError(f"{', '.join(local_only)}: only in process (the server holds its own recommender and LLM "
+                          "settings, serving/config.yaml); drop them, or drop --server")
     if args.judge_llm not in ("same", "none", SERVER_LLM):
         raise ConfigError(
             f"--judge-llm {args.judge_llm}: the server's judge model is chosen when it is deployed (serving/config.yaml, "

@@ -145,6 +145,8 @@ class LLMReport(BaseModel):
 
     model: str
     engine: str
+    role: Literal["explain", "pick"] = Field(..., description="explain: the pick is the meta-learner's top candidate "
+                                                              "and the LLM writes why; pick: the LLM chose among the shortlist")
     latency_s: float = Field(ge=0)
     attempts: int = Field(ge=1, le=2, description="the answer, then at most one repair")
     prompt_tokens: int = Field(ge=0)
@@ -422,6 +424,7 @@ async def pick_and_judge(
     out["llm"] = {
         "model": picker.model,
         "engine": picker.kind,
+        "role": prompt.role,
         "latency_s": round(time.perf_counter() - started, 3),
         "attempts": attempts,
         "prompt_tokens": prompt_tokens,

@@ -107,7 +107,16 @@ def good_answer(document: dict, rank: int = 2) -> dict:
     }
 
 
+def explained_answer(document: dict) -> dict:
+    """What an LLM in role "explain" writes (the schema leaves it only the evidence and the justification)."""
+    top, runner_up = document["shortlist"][0], document["shortlist"][1]
+    return {"evidence": ["C1", "N1"],
+            "justification": f"{top['backbone']} with lr={top['config']['lr']:g} is the meta-learner's choice; the "
+                             f"runner-up [C2] uses {runner_up['backbone']}. The nearest past dataset [N1] agrees."}
+
+
 JUDGE_VERDICT = {"format": 4, "accuracy": 5, "completeness": 3, "comment": "Consistent with the evidence."}
+PICK = LLMOptions(prompt=PromptOptions(role="pick"))  # the LLM chooses among the shortlist
 
 
 def run(coroutine):
@@ -115,20 +124,22 @@ def run(coroutine):
 
 
 def pick_with_llm(document, engine, *, judge_engine=None, options=None, description=None):
-    """The service's LLM step with the judge in this process (``judge_engine`` None: checks only)."""
-    options = options or LLMOptions()
+    """The service's LLM step, role "pick" unless ``options`` say otherwise, with the judge in this process
+    (``judge_engine`` None: checks only)."""
+    options = options or PICK
     return pick_and_judge(document, engine, LocalJudge(judge_engine, options), options=options, description=description)
 
 
-def recommend_with_llm(recommender, meta_features, *, engine=None, judge_engine="same"):
+def recommend_with_llm(recommender, meta_features, *, engine=None, judge_engine="same", options=None):
     """One request through the service, in process."""
-    with RecommendationService(recommender, picker=engine, judge=engine if judge_engine == "same" else judge_engine) as service:
+    with RecommendationService(recommender, picker=engine, judge=engine if judge_engine == "same" else judge_engine,
+                               options=options) as service:
         return service.recommend_sync({"meta_features": meta_features})
 
 
 # ------------------------------------------------------------------ prompt and schema
 def test_prompt_shows_shortlist_evidence_and_enums(document):
-    prompt = build_pick_prompt(document)
+    prompt = build_pick_prompt(document, PromptOptions(role="pick"))
     user = prompt.messages[1]["content"]
     ids = [item["candidate_id"] for item in document["shortlist"]]
     assert prompt.schema["properties"]["candidate_id"]["enum"] == ids
@@ -140,6 +151,46 @@ def test_prompt_shows_shortlist_evidence_and_enums(document):
     assert document["evidence"]["shap"][0]["text"] in user
     assert prompt.evidence_labels[:len(ids)] == [f"C{n}" for n in range(1, len(ids) + 1)]
     assert prompt.max_tokens >= prompt.schema["properties"]["justification"]["maxLength"] + 30
+    assert prompt.role == "pick" and prompt.fixed == {}
+
+
+def test_explain_role_fixes_the_pick_and_asks_why_it_beats_the_runner_up(document):
+    prompt = build_pick_prompt(document)  # the default role
+    user = prompt.messages[1]["content"]
+    top = document["shortlist"][0]
+    assert prompt.role == "explain" and prompt.candidate_ids == [top["candidate_id"]]
+    assert set(prompt.schema["required"]) == {"evidence", "justification"}  # the LLM writes no id, no number field
+    assert prompt.fixed == {"candidate_id": top["candidate_id"],
+                            "predicted_accuracy_percent": f"{top['predicted']['accuracy'] * 100:.1f}"}
+    assert "The meta-learner chose [C1]. Explain why [C1] beats [C2]." in user and "candidate_id=" not in user
+    assert "[S3]" not in user and "[S2]" in user  # SHAP of the pick and its runner-up only
+    answer, errors = parse_answer(json.dumps(explained_answer(document)), "stop", prompt)
+    assert errors == [] and answer["candidate_id"] == top["candidate_id"]  # the fixed fields are filled in
+    assert deterministic_checks(answer, [], prompt, document)["passed"] is True
+    with_id = json.dumps({**explained_answer(document), "candidate_id": document["shortlist"][1]["candidate_id"]})
+    assert any("Additional properties" in e for e in parse_answer(with_id, "stop", prompt)[1])
+
+
+def test_a_justification_cut_by_the_length_cap_keeps_its_complete_sentences(document):
+    prompt = build_pick_prompt(document)
+    cap = prompt.schema["properties"]["justification"]["maxLength"]
+    first = explained_answer(document)["justification"]
+    cut = (first + " Then it goes on and on" + " and on" * cap)[:cap]
+    answer, errors = parse_answer(json.dumps({"evidence": ["C1", "N1"], "justification": cut}), "stop", prompt)
+    assert errors == [] and answer["justification"] == first
+    short = "Too short to keep. And this sentence is cut off mid"
+    kept, _ = parse_answer(json.dumps({"evidence": ["C1"], "justification": short}), "stop", prompt)
+    assert kept["justification"] == short  # below the cap: nothing trimmed (the sentence check will fail it)
+
+
+def test_the_explain_role_shows_the_argmax_with_the_llms_words(document):
+    answer = explained_answer(document)
+    out = run(pick_with_llm(document, ScriptedTestEngine(answer), judge_engine=ScriptedTestEngine(JUDGE_VERDICT),
+                            options=LLMOptions()))
+    validate_recommendation(out)
+    assert out["llm"]["role"] == "explain" and out["llm"]["fallback"] is False
+    assert out["candidate_id"] == document["candidate_id"] and out["llm"]["agrees_with_metalearner"] is True
+    assert out["explanation"] == answer["justification"] and out["explanation_source"] == "llm"
 
 
 def test_prompt_ablations_drop_evidence(document):
@@ -194,7 +245,7 @@ def test_two_invalid_answers_fall_back_to_the_top_candidate(document):
 
 
 def test_answers_cut_off_or_with_extra_keys_are_invalid(document):
-    prompt = build_pick_prompt(document)
+    prompt = build_pick_prompt(document, PromptOptions(role="pick"))
     text = json.dumps(good_answer(document))
     assert parse_answer(text, "stop", prompt)[1] == []
     assert "cut off" in parse_answer(text, "length", prompt)[1][0]
@@ -208,7 +259,7 @@ def test_engine_failure_falls_back_flagged(document, failure):
         engine = ScriptedTestEngine(RuntimeError("engine core died"))
     else:
         engine = ScriptedTestEngine(good_answer(document), delay_s=5)
-    out = run(pick_with_llm(document, engine, options=LLMOptions(timeout_s=0.2)))
+    out = run(pick_with_llm(document, engine, options=LLMOptions(timeout_s=0.2, prompt=PromptOptions(role="pick"))))
     validate_recommendation(out)
     assert out["llm"]["fallback"] is True and out["candidate_id"] == document["candidate_id"]
     expected = "engine core died" if failure == "crash" else "timed out after 0.2 s"
@@ -254,7 +305,7 @@ def test_leak_detection():
 
 # ------------------------------------------------------------------ checks and judge
 def test_deterministic_checks_catch_wrong_numbers(document):
-    prompt = build_pick_prompt(document)
+    prompt = build_pick_prompt(document, PromptOptions(role="pick"))
     answer = good_answer(document, rank=1)
     assert deterministic_checks(answer, [], prompt, document)["passed"] is True
     wrong = {**answer, "predicted_accuracy_percent": "99.9", "justification": answer["justification"] + " It reaches 97.3% in 2 s."}
@@ -273,12 +324,15 @@ def test_unusable_judge_answer_leaves_scores_null(document):
     assert no_judge["judge"]["scores"] is None and "deterministic checks only" in no_judge["judge"]["error"]
 
 
-def test_judge_sees_the_evidence_and_the_answer(document):
-    judge = ScriptedTestEngine(JUDGE_VERDICT)
-    run(pick_with_llm(document, ScriptedTestEngine(good_answer(document)), judge_engine=judge))
+def test_judge_continues_the_pickers_conversation(document):
+    picker, judge = ScriptedTestEngine(good_answer(document)), ScriptedTestEngine(JUDGE_VERDICT)
+    run(pick_with_llm(document, picker, judge_engine=judge))
     request = judge.requests[0]
     assert set(request.schema["required"]) == {"format", "accuracy", "completeness", "comment"}
-    assert "[C1]" in request.messages[1]["content"] and good_answer(document)["justification"] in request.messages[1]["content"]
+    # the picker's prompt first (an engine with prefix caching reads it once), then the answer, then the rubric
+    assert request.messages[:2] == picker.requests[0].messages and "[C1]" in request.messages[1]["content"]
+    assert request.messages[2]["role"] == "assistant" and good_answer(document)["justification"] in request.messages[2]["content"]
+    assert request.messages[3]["role"] == "user" and "1 a contradiction" in request.messages[3]["content"]
 
 
 # ------------------------------------------------------------------ entry point and engine specs
@@ -288,8 +342,11 @@ def test_recommend_with_llm_and_without(recommender):
     validate_recommendation(plain)
     document = recommend(recommender, QUERY, None, 5)
     out = recommend_with_llm(recommender, QUERY, engine=ScriptedTestEngine(good_answer(document, rank=3)),
-                             judge_engine=ScriptedTestEngine(JUDGE_VERDICT))
+                             judge_engine=ScriptedTestEngine(JUDGE_VERDICT), options=PICK)
     assert out["candidate_id"] == document["shortlist"][2]["candidate_id"] and out["judge"]["mean_score"] == 4.0
+    explained = recommend_with_llm(recommender, QUERY, engine=ScriptedTestEngine(explained_answer(document)),
+                                   judge_engine=ScriptedTestEngine(JUDGE_VERDICT))  # the default role: explain
+    assert explained["candidate_id"] == document["candidate_id"] and explained["explanation_source"] == "llm"
     with pytest.raises(ConfigError, match="unknown meta-feature"):
         recommend_with_llm(recommender, {"n_pixels": 3}, engine=None)
 

@@ -110,13 +110,15 @@ class ScriptedTestEngineDeployment:
         if "format" in request["schema"]["properties"]:
             text = json.dumps({"format": 3, "accuracy": 4, "completeness": 2, "comment": "scripted verdict"})
         else:  # C1 with its backbone and settings named, citing the SHAP evidence: an answer that passes the checks
-            line = re.search(r"\[C1\] candidate_id=\S+: (.*?); predicted accuracy ([0-9.]+)%", user)
+            line = re.search(r"\[C1\](?: candidate_id=\S+:)? (.*?); predicted accuracy ([0-9.]+)%", user)
             settings, accuracy = line.group(1), line.group(2)
             backbone = re.search(r"backbone=([^,;]+)", settings).group(1)
-            first = request["schema"]["properties"]["candidate_id"]["enum"][0]
-            text = json.dumps({"candidate_id": first, "predicted_accuracy_percent": accuracy, "evidence": ["C1", "S1"],
-                               "justification": f"{backbone} ({settings}) has the best predicted accuracy [C1], "
-                                                "and SHAP credits its settings [S1]."})
+            answer = {"evidence": ["C1", "S1"], "justification": f"{backbone} ({settings}) has the best predicted "
+                                                                 "accuracy [C1], and SHAP credits its settings [S1]."}
+            if "candidate_id" in request["schema"]["properties"]:  # role "pick"; in "explain" the id is fixed
+                answer |= {"candidate_id": request["schema"]["properties"]["candidate_id"]["enum"][0],
+                           "predicted_accuracy_percent": accuracy}
+            text = json.dumps(answer)
         return {"text": text, "finish_reason": "stop", "prompt_tokens": 10, "completion_tokens": 10,
                 "latency_s": 0.0, "model": "scripted-test-model"}
 

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jsonschema
 import pytest
-from test_llm_pipeline import JUDGE_VERDICT, QUERY, ScriptedTestEngine, good_answer, make_llm_test_meta_dataset
+from test_llm_pipeline import JUDGE_VERDICT, PICK, QUERY, ScriptedTestEngine, good_answer, make_llm_test_meta_dataset
 
 import metallmix.service as service_module
 from metallmix.cli import main
@@ -62,7 +62,7 @@ def document(recommender) -> dict:
 
 
 def _pick(document, picker, judge_engine=None, options=None):
-    options = options or LLMOptions()
+    options = options or PICK
     return service_module.asyncio.run(pick_and_judge(document, picker, LocalJudge(judge_engine, options), options=options))
 
 
@@ -89,7 +89,7 @@ def _degenerate(document: dict) -> dict[str, tuple[str, str]]:
 def test_a_degenerate_answer_is_repaired_once_then_falls_back_with_the_reason(document, kind):
     text, reason = _degenerate(document)[kind]
     answer = _with_justification(document, text)
-    assert len(text) <= build_pick_prompt(document).schema["properties"]["justification"]["maxLength"]
+    assert len(text) <= build_pick_prompt(document, PICK.prompt).schema["properties"]["justification"]["maxLength"]
     picker = ScriptedTestEngine(answer, answer)
     out = _pick(document, picker, ScriptedTestEngine(JUDGE_VERDICT))
     validate_recommendation(out)
@@ -116,7 +116,7 @@ def test_a_degenerate_answer_repaired_well_is_accepted(document):
 
 
 def test_substance_checks_name_the_backbone_a_distinguishing_setting_and_shap_or_neighbours(document):
-    prompt = build_pick_prompt(document)
+    prompt = build_pick_prompt(document, PICK.prompt)
     from metallmix.llm.answer import deterministic_checks
 
     assert deterministic_checks(good_answer(document, 2), [], prompt, document)["passed"] is True
@@ -131,7 +131,7 @@ def test_a_judge_below_the_threshold_falls_back(document):
     picker, judge = ScriptedTestEngine(answer, answer), ScriptedTestEngine(LOW_VERDICT, LOW_VERDICT)
     # the threshold applies to the verdict (checks folded in): an answer passing every check is at 3 or more,
     # here 3 + (llm - 1) / 2 per criterion = 3.17, so only a threshold above 3 lets the LLM's low scores reject it
-    out = _pick(document, picker, judge, LLMOptions(min_judge_score=4))
+    out = _pick(document, picker, judge, LLMOptions(min_judge_score=4, prompt=PICK.prompt))
     validate_recommendation(out)
     assert out["llm"]["fallback"] is True and out["llm"]["attempts"] == 2 and len(judge.requests) == 2
     assert re.search(r"the judge scored the answer 3\.17 of 5 \(format 3(\.0)?, accuracy 3\.5, completeness 3(\.0)?\), "
@@ -143,9 +143,9 @@ def test_a_judge_below_the_threshold_falls_back(document):
     # repair accepts it too
     for threshold in (3, 0):
         assert _pick(document, ScriptedTestEngine(answer), ScriptedTestEngine(LOW_VERDICT),
-                     LLMOptions(min_judge_score=threshold))["llm"]["fallback"] is False
+                     LLMOptions(min_judge_score=threshold, prompt=PICK.prompt))["llm"]["fallback"] is False
     repaired = _pick(document, ScriptedTestEngine(answer, answer), ScriptedTestEngine(LOW_VERDICT, JUDGE_VERDICT),
-                     LLMOptions(min_judge_score=4))
+                     LLMOptions(min_judge_score=4, prompt=PICK.prompt))
     assert repaired["llm"]["fallback"] is False and repaired["judge"]["mean_score"] == 4.0
 
 
@@ -271,11 +271,11 @@ def test_cli_in_process_and_through_a_server_give_the_same_answer(recommender, r
 
     monkeypatch.setattr(service_module, "make_engine", scripted)
     picker = ScriptedTestEngine(answer, JUDGE_VERDICT)
-    handler.service = RecommendationService(recommender, picker=picker, judge=picker,
+    handler.service = RecommendationService(recommender, picker=picker, judge=picker, options=PICK,
                                             selection={"default": False, "reason": "the server's"})
     argv = ["recommend", "--meta-features", json.dumps(QUERY), "--top-k", "3", "--max-p-fail", "0.9",
             "--description", "Ultrasound images.", "--json"]
-    assert main([*argv, "--model-dir", recommender_dir, "--llm", "scripted-test"]) == 0
+    assert main([*argv, "--model-dir", recommender_dir, "--llm", "scripted-test", "--llm-role", "pick"]) == 0
     local = json.loads(capsys.readouterr().out)
     assert main([*argv, "--server", url, "--llm", "server"]) == 0
     served = json.loads(capsys.readouterr().out)
@@ -302,6 +302,7 @@ def test_server_refuses_options_it_does_not_support(recommender, server, capsys)
         (["--meta-dataset", "quicktune:builtin"], "--meta-dataset: the server at"),
         (["--model-dir", "somewhere"], "--model-dir: only in process"),
         (["--shap-summary", "x.png"], "--shap-summary: only in process"),
+        (["--llm-role", "pick"], "--llm-role: only in process"),
         (["--judge-llm", "qwen2_5_coder_1_5b"], "--judge-llm qwen2_5_coder_1_5b: the server's judge model is chosen when it is deployed"),
         (["--llm", "qwen2_5_coder_1_5b"], "the server at " + url + " runs 'scripted-test-model'"),
     ]
@@ -347,7 +348,7 @@ def test_the_benchmarks_llm_method_uses_the_same_rules(recommender):
     shortlist = recommender.shortlist_document(QUERY, held_out.set_index("run_id")[config_columns(held_out)], 3)
     degenerate = _with_justification(shortlist, _degenerate(shortlist)["repeated n-grams"][0])
     service = RecommendationService(recommender, picker=ScriptedTestEngine(degenerate, degenerate),
-                                    options=LLMOptions(judge=False))
+                                    options=LLMOptions(judge=False, prompt=PICK.prompt))
     picked = service_module.asyncio.run(service.pick(shortlist, use_judge=False, validate=False))
     assert picked["llm"]["fallback"] is True and "repeats the phrase" in picked["llm"]["fallback_reason"]
     assert picked["candidate_id"] == shortlist["candidate_id"]  # the meta-learner's argmax is kept

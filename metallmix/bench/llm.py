@@ -4,7 +4,7 @@ The Recommender (meta-learner, SHAP explainer, retrieval index) is fitted on the
 the held-out dataset; its shortlist is built over the held-out dataset's recorded configurations
 (``Recommender.shortlist_document``) and ``metallmix.service`` picks one, exactly as ``metallmix recommend
 --llm`` does (deterministic checks; one repair; then the meta-learner's pick, flagged as a fallback). The
-judge is off here (``LLMOptions(judge=False)``): the benchmark measures the pick, not the judge.
+judge is off and the role is "pick" here: the benchmark measures the LLM's own pick, not the judge.
 The engine (``llm_engine=...``: smollm2, qwen2.5-coder-1.5b, a model folder, an OpenAI-compatible URL) is
 started once per process and reused by every job of a multirun.
 """
@@ -41,6 +41,7 @@ def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, flo
              candidates: pd.DataFrame) -> tuple[str, float, float, dict[str, Any]]:
     """(picked candidate id, response seconds, fit seconds, extra result fields)."""
     from metallmix.bench.run import fitted_without, learner_params
+    from metallmix.llm.prompt import PromptOptions
     from metallmix.recommend import Recommender
     from metallmix.service import LLMOptions, RecommendationService
 
@@ -53,7 +54,8 @@ def llm_pick(cfg: Mapping[str, Any], held_out: str, meta_features: dict[str, flo
                                               str(cfg["meta_dataset"]), held_out, params)
     started = time.perf_counter()
     document = recommender.shortlist_document(meta_features, candidates, int(cfg.get("llm_top_k", 5)))
-    service = RecommendationService(recommender, picker=engine, options=LLMOptions(judge=False))
+    options = LLMOptions(judge=False, prompt=PromptOptions(role="pick"))  # the LLM's own pick is what is measured
+    service = RecommendationService(recommender, picker=engine, options=options)
     picked = asyncio.run(service.pick(document, use_judge=False, validate=False))  # a shortlist, not a whole answer
     response_seconds = time.perf_counter() - started
     llm = picked["llm"]

@@ -24,7 +24,7 @@ from metallmix.llm.prompt import BACKBONE_KEYS, SYSTEM_PROMPT, PickPrompt
 
 LEAK_WINDOW_WORDS = 10
 COPY_WINDOW_TOKENS = 12  # this many consecutive tokens of one prompt line in the justification: a copied line
-REPEAT_RULES = ((5, 2), (3, 3))  # (n, times): an n-word phrase occurring that often is degenerate text
+REPEAT_RULES = ((8, 2), (4, 3))  # (n, times): an n-word phrase occurring that often is degenerate text
 TOKEN_PATTERN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 SENTENCE_END = re.compile(r"([.!?][\"')\]]*|\[[A-Z][0-9]+\])$")
 SETTING_ALIASES = {"lr": ("learning rate",), "wd": ("weight decay",), "weight_decay": ("weight decay",),
@@ -53,7 +53,8 @@ LOWER_WORDS = ("lowers", "reduces", "decreases", "hurts", "penalises", "penalize
 
 
 def parse_answer(text: str, finish_reason: str | None, prompt: PickPrompt) -> tuple[dict[str, Any] | None, list[str]]:
-    """The answer as a dict and the list of reasons it is unusable (empty when usable)."""
+    """The answer as a dict (with the fields the prompt fixed, ``prompt.fixed``, filled in) and the list of
+    reasons it is unusable (empty when usable)."""
     errors = []
     if finish_reason not in (None, "stop"):
         errors.append(f"the answer was cut off (finish reason {finish_reason!r}); write a shorter justification")
@@ -67,17 +68,30 @@ def parse_answer(text: str, finish_reason: str | None, prompt: PickPrompt) -> tu
     for error in sorted(validator.iter_errors(answer), key=lambda e: list(e.path)):
         where = "/".join(str(p) for p in error.path) or "answer"
         errors.append(f"{where}: {error.message[:200]}")
+    if isinstance(answer.get("justification"), str):
+        answer["justification"] = trim_at_cap(answer["justification"], prompt)
     if isinstance(answer.get("justification"), str) and leaks_prompt(answer["justification"]):
         errors.append("the justification repeats the instructions; justify the choice with the evidence instead")
-    return answer, errors
+    return {**prompt.fixed, **answer}, errors
+
+
+def trim_at_cap(justification: str, prompt: PickPrompt) -> str:
+    """A justification the schema's length cap cut mid-sentence, trimmed to its last complete sentence (when one
+    of at least the schema's minimum length remains); any other text unchanged. The words kept are the LLM's own."""
+    limits = prompt.schema["properties"].get("justification", {})
+    if len(justification) < limits.get("maxLength", 0) or SENTENCE_END.search(justification.strip()):
+        return justification
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s+[A-Z\[])", justification)]  # a sentence starts after it
+    kept = justification[: ends[-1]] if ends else justification
+    return kept if len(kept) >= limits.get("minLength", 0) else justification
 
 
 def repair_message(errors: list[str], prompt: PickPrompt) -> str:
     """The follow-up message that asks for a corrected answer."""
-    return (
-        "Your answer cannot be used: " + "; ".join(errors) + ". Reply again with only the JSON object: "
-        f"candidate_id one of {prompt.candidate_ids}, evidence labels among {prompt.evidence_labels}."
-    )
+    keys = ", ".join(prompt.schema["required"])
+    choice = f", candidate_id one of {prompt.candidate_ids}" if "candidate_id" in prompt.schema["required"] else ""
+    return (f"Your answer cannot be used: {'; '.join(errors)}. Reply again with only the JSON object ({keys}){choice}, "
+            f"evidence labels among {prompt.evidence_labels}.")
 
 
 def leaks_prompt(text: str, secret: str = SYSTEM_PROMPT, window: int = LEAK_WINDOW_WORDS) -> bool:
@@ -107,7 +121,7 @@ def deterministic_checks(answer: dict[str, Any] | None, schema_errors: list[str]
         )
         backbone = backbone_of(item)
         checks["names_backbone"] = backbone is None or backbone.lower() in justification.lower()
-        differing = distinguishing_settings(item, document)
+        differing = distinguishing_settings(item, document, prompt.shown_settings)
         checks["names_distinguishing_setting"] = not differing or any(
             mentions_setting(justification, key, value) for key, value in differing.items())
     unsupported = unsupported_numbers(justification, prompt.evidence_text)
@@ -161,7 +175,7 @@ def failed_check_messages(checks: dict[str, Any], answer: dict[str, Any] | None,
         elif name == "complete_sentence":
             out.append("the justification stops mid-sentence; write shorter, complete sentences ending with a full stop")
         elif name == "names_distinguishing_setting" and item is not None:
-            differing = ", ".join(f"{k}={v}" for k, v in distinguishing_settings(item, document).items())
+            differing = ", ".join(f"{k}={v}" for k, v in distinguishing_settings(item, document, prompt.shown_settings).items())
             out.append(f"name at least one setting that sets the chosen candidate apart from the runner-up ({differing})")
         elif name == "cites_shap_or_neighbours":
             supporting = [label for label in prompt.evidence_labels if label[:1] in ("S", "N")]
@@ -182,15 +196,17 @@ def backbone_of(item: dict[str, Any]) -> str | None:
     return item.get("backbone") or next((str(item["config"][k]) for k in BACKBONE_KEYS if k in item["config"]), None)
 
 
-def distinguishing_settings(item: dict[str, Any], document: dict[str, Any]) -> dict[str, str]:
+def distinguishing_settings(item: dict[str, Any], document: dict[str, Any], shown: tuple[str, ...] = ()) -> dict[str, str]:
     """The chosen candidate's settings that differ from the runner-up's (the meta-learner's top candidate, or
-    its second when the top one was chosen), as ``{key: value as shown}``; empty for a one-item shortlist."""
+    its second when the top one was chosen), as ``{key: value as shown}``; empty for a one-item shortlist.
+    With ``shown`` (the keys the prompt showed), only those, unless none of them differs."""
     shortlist = document["shortlist"]
     rivals = [other for other in shortlist if str(other["candidate_id"]) != str(item["candidate_id"])]
     if not rivals:
         return {}
     rival = rivals[0]["config"]
-    return {key: _shown(value) for key, value in item["config"].items() if repr(rival.get(key)) != repr(value)}
+    differing = {key: _shown(value) for key, value in item["config"].items() if repr(rival.get(key)) != repr(value)}
+    return {key: value for key, value in differing.items() if key in shown} or differing
 
 
 def mentions_setting(text: str, key: str, value: str) -> bool:

@@ -46,7 +46,7 @@ from metallmix.llm.engines import GenerationRequest, LLMEngine
 from metallmix.llm.prompt import PickPrompt
 
 RUBRIC = ("format", "accuracy", "completeness")
-COMMENT_MAX_CHARS = 200
+COMMENT_MAX_CHARS = 160
 # the criterion each deterministic check bears on, and the highest level an answer failing it may get
 CHECK_CAPS: dict[str, tuple[str, int]] = {
     "schema_valid": ("format", 1),
@@ -66,14 +66,17 @@ CHECK_CAPS: dict[str, tuple[str, int]] = {
 if set(CHECK_CAPS) != set(CHECK_NAMES) or {c for c, _ in CHECK_CAPS.values()} != set(RUBRIC):
     raise ImportError("metallmix.llm.judge.CHECK_CAPS must give every check of CHECK_NAMES a rubric criterion")
 
-JUDGE_SYSTEM_PROMPT = (
-    "You are a strict reviewer of model-selection advice. An assistant chose one candidate configuration "
-    "from a shortlist and justified it. Score the answer from 1 (poor) to 5 (excellent) on each criterion. "
-    "format: the justification is clear, well formed and cites evidence labels. "
-    "accuracy: every statement and number agrees with the evidence; nothing is invented. "
-    "completeness: the justification covers the chosen backbone, the settings that set the candidate apart, "
-    "and the trade-off between predicted accuracy, its uncertainty, training time and failure risk. "
-    "Then write a one-sentence comment. Answer with the JSON object only."
+# The judge continues the picker's conversation (its prompt, then the answer as the assistant's turn), so
+# an engine with prefix caching reads only these instructions anew: pick and judge share the evidence.
+JUDGE_INSTRUCTIONS = (
+    "Now act as a strict reviewer of the answer above. Score it from 1 (poor) to 5 (excellent) on each "
+    "criterion. format: 5 complete sentences in its own words, every claim tied to a label shown; 3 usable "
+    "but clumsy (a sentence cut off, labels missing); 1 degenerate (a repeated phrase, a copied line, broken "
+    "text). accuracy: 5 every number and claim is found in the evidence; 3 one number that cannot be traced "
+    "to it; 1 a contradiction (wrong predicted accuracy, a SHAP direction reversed, a label not shown). "
+    "completeness: 5 names the backbone, a setting that sets the choice apart from the runner-up, and SHAP "
+    "or neighbour evidence; 3 one of these missing; 1 the backbone not named, or off-topic. Then write a "
+    "one-sentence comment. Answer with the JSON object only."
 )
 
 
@@ -115,11 +118,12 @@ def fold_verdict(scores: dict[str, int] | None, checks: dict[str, Any]) -> dict[
 
 
 def judge_messages(prompt: PickPrompt, answer: dict[str, Any]) -> list[dict[str, str]]:
-    """Chat messages asking the judge to score ``answer`` against the facts the picker saw."""
+    """Chat messages asking the judge to score ``answer``: the picker's prompt, the answer (written as compactly
+    as the engines write it), then the anchored rubric."""
     return [
-        {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-        {"role": "user", "content": f"Evidence the assistant was given:\n{prompt.evidence_text}\n\n"
-                                    f"The assistant's answer:\n{json.dumps(answer, ensure_ascii=False)}"},
+        *prompt.messages,
+        {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
+        {"role": "user", "content": JUDGE_INSTRUCTIONS},
     ]
 
 

@@ -73,7 +73,7 @@ def build_judge_set(specs: tuple[str, ...] = KNOWLEDGE_BASES, per_knowledge_base
     from metallmix.service import obtain_recommender
 
     rng = random.Random(seed)
-    options = options or PromptOptions()
+    options = options or PromptOptions(role="pick")  # faithful answers choose C1 or C2
     items: list[JudgeItem] = []
     for spec in specs:
         recommender = (recommenders or {}).get(spec) or obtain_recommender(spec, log=lambda _: None)

@@ -90,7 +90,12 @@ def prepare(alias: str) -> Path:
     try:
         gguf = parts[0] if len(parts) == 1 else _join(parts, scratch / "joined" / f"{alias}.gguf")
         convert_gguf(gguf, scratch / "model")
-        os.replace(scratch / "model", target)
+        try:
+            os.replace(scratch / "model", target)
+        except OSError:
+            # another process (a second checkout's setup, a parallel test) converted it meanwhile: keep theirs
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
