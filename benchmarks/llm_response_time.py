@@ -9,14 +9,22 @@ pick+judge request each: wall time and throughput.
 
     .venv/bin/python benchmarks/llm_response_time.py serve --llm smollm2 --requests 5 --clients 8
 
-``lodo``: leave-one-dataset-out on a recorded meta-dataset (metallmix.evaluate, pick functions
-plugged in). For each held-out dataset a Recommender is fitted on the other datasets, the held-out
-dataset's evaluated configs are scored and shortlisted (top --top-k), and each variant picks one:
-``argmax`` (the meta-learner's top), ``llm`` (full evidence), ``llm_no_shap``, ``llm_no_retrieval``,
-``llm_no_evidence``. Normalised regret per variant, agreement with the argmax, judge scores (variant
-``llm``) and LLM latency.
+``compare``: every model x role (explain, pick) on the same leave-one-dataset-out prompts of both
+knowledge bases. Per held-out dataset a Recommender is fitted without the dataset's family, the held-out
+dataset's recorded configs are scored and the top --top-k shortlisted (the surrogate-only path, timed);
+the prompts are written to --prompts once and read from there by later runs. Per model and role: answers
+shown (checks + judge passed, at most one repair), first answers that passed, fallbacks, the judge's
+verdict, latency p50/p95 of the pick, the judge and both, agreement with the meta-learner's argmax, and
+(role pick) the regret of the delivered answer and of the LLM's own choice against the argmax, paired
+over datasets (bootstrap interval, Wilcoxon).
 
-    .venv/bin/python benchmarks/llm_response_time.py lodo --llm smollm2 --datasets 6
+    .venv/bin/python benchmarks/llm_response_time.py compare --models smollm2 --prompts prompts.json --out smollm2.json
+    .venv/bin/python benchmarks/llm_response_time.py compare --models qwen2_5_coder_1_5b --prompts prompts.json \
+        --per-model "qwen2_5_coder_1_5b=ACT_40+ACT_410+APL+breastmnist+chestmnist+octmnist" --out qwen.json
+
+``report``: one table from several compare runs on the same prompts.
+
+    .venv/bin/python benchmarks/llm_response_time.py report smollm2.json qwen.json --prompts prompts.json
 
 Runs from the main environment; vLLM runs in a Ray actor of .venv-llm (bash setup_llm.sh).
 """
@@ -179,6 +187,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                         "model": model, "role": role, "spec": entry["spec"], "dataset": entry["dataset"],
                         "engine_ready_s": ready_s, "surrogate_s": entry["surrogate_s"],
                         "picked": picked["candidate_id"], "argmax": document["candidate_id"],
+                        # the candidate the LLM's last answer chose, shown or not (None: no parsable choice)
+                        "llm_choice": _choice(llm["answer"], document),
                         "shown": not llm["fallback"], "attempts": llm["attempts"], "fallback_reason": llm["fallback_reason"],
                         "verdict_score": judge["verdict_score"], "judge_scores": judge["scores"],
                         "pick_s": round(total - judge_s, 2), "judge_s": round(judge_s, 2), "total_s": round(total, 2),
@@ -198,6 +208,11 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
             "runs": runs, "summary": {k: v for k, v in summary.items() if k != "table"}, "table": summary["table"]}
 
 
+def _choice(answer: dict[str, Any] | None, document: dict[str, Any]) -> str | None:
+    chosen = str((answer or {}).get("candidate_id"))
+    return chosen if chosen in {str(item["candidate_id"]) for item in document["shortlist"]} else None
+
+
 def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model x role: answers shown, fallbacks, latency, agreement, regret; per model (role pick): the LLM's
     pick against the argmax, paired over datasets."""
@@ -212,6 +227,8 @@ def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict
         df = load_meta_dataset(spec)
         picks = [("argmax", p["dataset"], p["document"]["candidate_id"]) for p in prompts if p["spec"] == spec]
         picks += [(f"{r['model']}/{r['role']}", r["dataset"], r["picked"]) for r in runs if r["spec"] == spec]
+        picks += [(f"{r['model']}/{r['role']}/choice", r["dataset"], r["llm_choice"]) for r in runs
+                  if r["spec"] == spec and r["role"] == "pick" and r.get("llm_choice")]
         for key, dataset, chosen in picks:
             result = evaluate_lodo(df, pick=lambda *_, chosen=chosen: chosen, baselines=False, datasets=[dataset],
                                    intervals=False)
@@ -242,17 +259,22 @@ def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict
                      f"| {row['verdict_mean']} | {row['pick']['p50_s']} / {row['pick']['p95_s']} s "
                      f"| {row['judge']['p50_s']} / {row['judge']['p95_s']} s | {row['total']['p50_s']} / {row['total']['p95_s']} s "
                      f"| {row['agrees']}/{row['prompts']} | {row['regret']} ({row['argmax_regret']}) |")
-        if role == "pick":
-            frame = pd.DataFrame({"normalized_regret": cells}).rename_axis(["dataset", "method"])
-            for spec in [None, *sorted({r["spec"] for r in mine})]:
-                part = frame if spec is None else frame[frame.index.get_level_values("dataset").str.startswith(spec + "/")]
-                comparisons.append({"model": model, "knowledge_base": spec or "all", **paired_comparison(part, key, "argmax")})
+        if role == "pick":  # the answer delivered (the argmax on a fallback), and the LLM's own choice, shown or not
+            for which, name in ((key, "delivered"), (f"{key}/choice", "LLM's choice")):
+                chosen = {(d, m): v for (d, m), v in regret.items() if m in (which, "argmax")
+                          and (d, which) in regret and any(f"{r['spec']}/{r['dataset']}" == d for r in mine)}
+                frame = pd.DataFrame({"normalized_regret": chosen}).rename_axis(["dataset", "method"])
+                for spec in [None, *sorted({r["spec"] for r in mine})]:
+                    part = frame if spec is None else frame[frame.index.get_level_values("dataset").str.startswith(spec + "/")]
+                    if len(part):
+                        comparisons.append({"model": model, "pick": name, "knowledge_base": spec or "all",
+                                            **paired_comparison(part, which, "argmax")})
     lines += ["", f"surrogate only (scoring + shortlist + SHAP + neighbours): p50 {surrogate['p50_s']} s, "
                   f"p95 {surrogate['p95_s']} s over {surrogate['n']} prompts", "",
-              "| LLM pick vs argmax | knowledge base | datasets | mean regret | difference [95% interval] | p (Wilcoxon) "
-              "| LLM better / tie / worse |", "|---|---|---:|---:|---:|---:|---:|"]
+              "| model (role pick) | compared with the argmax | knowledge base | datasets | mean regret | difference "
+              "[95% interval] | p (Wilcoxon) | LLM better / tie / worse |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for c in comparisons:
-        lines.append(f"| {c['model']} | {c['knowledge_base']} | {c['n_datasets']} | {c['mean']:.3f} vs {c['other_mean']:.3f} "
+        lines.append(f"| {c['model']} | {c['pick']} | {c['knowledge_base']} | {c['n_datasets']} | {c['mean']:.3f} vs {c['other_mean']:.3f} "
                      f"| {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p_value']:.3g} "
                      f"| {c['better']} / {c['ties']} / {c['worse']} |")
     return {"rows": rows, "surrogate_only": surrogate, "llm_pick_vs_argmax": comparisons, "table": "\n".join(lines)}
@@ -279,14 +301,23 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--top-k", type=int, default=5)
     c.add_argument("--timeout-s", type=float, default=900)
     c.add_argument("--metalearner-params", default='{"n_estimators": 100}', help="JSON")
-    for p in (s, c):
+    r = sub.add_parser("report", help="one table from several compare runs (--out files) on the same --prompts")
+    r.add_argument("runs", nargs="+", help="compare --out files")
+    r.add_argument("--prompts", required=True, help="the prompts file the runs used")
+    for p in (s, c, r):
         p.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.part == "compare":
         if not set(args.roles.split(",")) <= {"explain", "pick"}:
             parser.error("--roles must be among explain, pick")
         args.per_model = {m: set(d.split("+")) for m, _, d in (x.partition("=") for x in args.per_model.split(";") if x)}
-    result = run_serve(args) if args.part == "serve" else run_compare(args)
+    if args.part == "report":
+        runs = [run for path in args.runs for run in json.loads(Path(path).read_text())["runs"]]
+        summary = summarise(runs, json.loads(Path(args.prompts).read_text()))
+        print(summary["table"])
+        result = {"runs_from": args.runs, "summary": {k: v for k, v in summary.items() if k != "table"}, "table": summary["table"]}
+    else:
+        result = run_serve(args) if args.part == "serve" else run_compare(args)
     result["command"] = " ".join(["benchmarks/llm_response_time.py", *sys.argv[1:]])
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -148,15 +148,29 @@ def run_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(format_recommendation(document, source=args.dataset or "the given meta-features"))
-        if "judge" in document:
-            print(f"\nJudge scores: {json.dumps(document['judge'].get('scores'))}")
-        if document.get("llm", {}).get("fallback"):
-            print(f"LLM fallback: {document['llm'].get('fallback_reason')} (the meta-learner's top candidate is kept, "
-                  "with the template explanation)")
+        if "llm" in document:
+            print("\n" + describe_llm_step(document["llm"], document["judge"]))
         for label, path in (("SHAP summary plot", args.shap_summary), ("SHAP waterfall of the pick", args.shap_waterfall)):
             if path:
                 print(f"{label}: {path}")
     return 0
+
+
+def describe_llm_step(llm: dict[str, Any], judge: dict[str, Any]) -> str:
+    """One paragraph on who wrote the explanation, how long it took and what the judge said, or why the LLM's
+    answer was not shown."""
+    took = f"{llm['model']}, {llm['latency_s']:.1f} s, {llm['attempts']} attempt{'s' if llm['attempts'] > 1 else ''}"
+    if llm["fallback"]:
+        return (f"LLM fallback ({took}): {llm['fallback_reason']}. The meta-learner's top candidate is kept, with the "
+                "template explanation above.")
+    what = ("explains the meta-learner's pick" if llm["role"] == "explain"
+            else f"picked rank {llm['chosen_rank']} of the shortlist")
+    def levels(scores: dict[str, float]) -> str:
+        return ", ".join(f"{name} {score:g}" for name, score in scores.items())
+
+    own = (f"; the judge LLM's own scores: {levels(judge['scores'])}" if judge.get("scores")
+           else f"; {judge['error']}" if judge.get("error") else "")
+    return f"The explanation is the LLM's ({took}): it {what}. Judge verdict {judge['verdict_score']:g} of 5 ({levels(judge['verdict_scores'])}){own}."
 
 
 def _constraints(args: argparse.Namespace) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     recommender: str = DEFAULT_META_DATASET
-    llm: str | dict[str, Any] = "smollm2"
+    llm: str | dict[str, Any] = "none"  # measured: no CPU model passes (docs/llm.md, "Which model")
     judge_llm: str | dict[str, Any] = "same"
     llm_python: str | None = None
     timeout_s: float = Field(300.0, gt=0)

@@ -332,7 +332,8 @@ def test_judge_continues_the_pickers_conversation(document):
     # the picker's prompt first (an engine with prefix caching reads it once), then the answer, then the rubric
     assert request.messages[:2] == picker.requests[0].messages and "[C1]" in request.messages[1]["content"]
     assert request.messages[2]["role"] == "assistant" and good_answer(document)["justification"] in request.messages[2]["content"]
-    assert request.messages[3]["role"] == "user" and "1 a contradiction" in request.messages[3]["content"]
+    assert request.messages[3]["role"] == "user" and "rubric" in request.messages[3]["content"]
+    assert "1 a contradiction" in request.messages[0]["content"]  # the anchored rubric, in the shared system prompt
 
 
 # ------------------------------------------------------------------ entry point and engine specs

@@ -85,15 +85,16 @@ LLM_PYTHON = REPO_ROOT / ".venv-llm" / "bin" / "python"
 @pytest.mark.slow
 @pytest.mark.skipif(not (VENV_BIN / "serve").is_file(), reason="no .venv/bin/serve: run `bash setup.sh`")
 @pytest.mark.skipif(not LLM_PYTHON.is_file(), reason="no .venv-llm: run `bash setup_llm.sh` (setup.sh does)")
-def test_serve_deploy_with_the_default_llm_answers_or_flags_its_fallback():
-    """The same sequence with the config's own LLM settings (the default model picks and judges): the answer
-    is the LLM's only when it passed every check and the judge, else the template flagged as a fallback."""
+def test_serve_deploy_with_an_llm_answers_or_flags_its_fallback():
+    """The same sequence with an LLM (SmolLM2, the fastest local model; the shipped config has none on a CPU,
+    as measured in docs/llm.md): the answer is the LLM's only when it passed every check and the judge, else
+    the template flagged as a fallback."""
     started = time.monotonic()
     temp_dir = Path(tempfile.mkdtemp(prefix="mlx-deploy-llm-"))
     try:
         port = free_port()
-        config = write_config(CONFIG, temp_dir / "config.yaml", port=port)
-        assert config["applications"][0]["args"]["llm"] not in (None, "none")  # the shipped default model
+        config = write_config(CONFIG, temp_dir / "config.yaml", port=port, args={"llm": "smollm2"})
+        assert config["applications"][0]["args"]["judge_llm"] == "same"
         with LocalHead(temp_dir, num_cpus=2, env={"METALLMIX_CACHE_DIR": str(temp_dir / "cache")}) as head:
             head.deploy(temp_dir / "config.yaml", timeout_s=300)
             state = head.wait_running("metallmix", timeout_s=900)
@@ -108,7 +109,7 @@ def test_serve_deploy_with_the_default_llm_answers_or_flags_its_fallback():
                 assert llm["fallback_reason"] and out["explanation_source"] == "template"
             else:
                 assert out["explanation_source"] == "llm" and out["judge"]["checks"]["passed"] is True
-        print(f"\nserve deploy with the default LLM: {'fallback (' + llm['fallback_reason'][:120] + ')' if llm['fallback'] else 'LLM answer accepted'}; "
+        print(f"\nserve deploy with SmolLM2: {'fallback (' + llm['fallback_reason'][:120] + ')' if llm['fallback'] else 'LLM answer accepted'}; "
               f"whole test {time.monotonic() - started:.0f} s")
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -356,3 +356,18 @@ def test_the_benchmarks_llm_method_uses_the_same_rules(recommender):
     service.picker = ScriptedTestEngine(good)
     picked = service_module.asyncio.run(service.pick(shortlist, use_judge=False, validate=False))
     assert picked["llm"]["fallback"] is False and picked["candidate_id"] == shortlist["shortlist"][1]["candidate_id"]
+
+
+def test_the_cli_says_who_wrote_the_explanation_or_why_it_fell_back(document):
+    from metallmix.cli import describe_llm_step
+
+    accepted = _pick(document, ScriptedTestEngine(good_answer(document, 2)), ScriptedTestEngine(JUDGE_VERDICT))
+    text = describe_llm_step(accepted["llm"], accepted["judge"])
+    assert text.startswith("The explanation is the LLM's (scripted-test-model, ") and "picked rank 2 of the shortlist" in text
+    assert "Judge verdict 4.5 of 5 (format 4.5, accuracy 5, completeness 4); the judge LLM's own scores: format 4, " \
+           "accuracy 5, completeness 3." in text, text
+    bad = _with_justification(document, _degenerate(document)["cut-off sentence"][0])
+    failed = _pick(document, ScriptedTestEngine(bad, bad))
+    text = describe_llm_step(failed["llm"], failed["judge"])
+    assert text.startswith("LLM fallback (scripted-test-model, ") and "2 attempts" in text and "stops mid-sentence" in text
+    assert "template explanation" in text

@@ -66,18 +66,10 @@ CHECK_CAPS: dict[str, tuple[str, int]] = {
 if set(CHECK_CAPS) != set(CHECK_NAMES) or {c for c, _ in CHECK_CAPS.values()} != set(RUBRIC):
     raise ImportError("metallmix.llm.judge.CHECK_CAPS must give every check of CHECK_NAMES a rubric criterion")
 
-# The judge continues the picker's conversation (its prompt, then the answer as the assistant's turn), so
-# an engine with prefix caching reads only these instructions anew: pick and judge share the evidence.
-JUDGE_INSTRUCTIONS = (
-    "Now act as a strict reviewer of the answer above. Score it from 1 (poor) to 5 (excellent) on each "
-    "criterion. format: 5 complete sentences in its own words, every claim tied to a label shown; 3 usable "
-    "but clumsy (a sentence cut off, labels missing); 1 degenerate (a repeated phrase, a copied line, broken "
-    "text). accuracy: 5 every number and claim is found in the evidence; 3 one number that cannot be traced "
-    "to it; 1 a contradiction (wrong predicted accuracy, a SHAP direction reversed, a label not shown). "
-    "completeness: 5 names the backbone, a setting that sets the choice apart from the runner-up, and SHAP "
-    "or neighbour evidence; 3 one of these missing; 1 the backbone not named, or off-topic. Then write a "
-    "one-sentence comment. Answer with the JSON object only."
-)
+# The judge continues the picker's conversation (its prompt, whose system prompt holds the anchored rubric,
+# then the answer as the assistant's turn): with prefix caching an engine reads only the answer and this anew.
+JUDGE_INSTRUCTIONS = ("Now review the answer above with the rubric of your instructions: format, accuracy and "
+                      "completeness from 1 to 5, and a one-sentence comment. Answer with the JSON object only.")
 
 
 def judge_schema() -> dict[str, Any]:
