@@ -56,7 +56,7 @@ class PromptOptions:
 
     Args:
         role: "explain": the choice is the meta-learner's top candidate ([C1]); the LLM writes why it beats
-            the runner-up (the answer's candidate_id and predicted accuracy are fixed by its schema).
+            the runner-up (the answer's candidate_id and predicted accuracy are filled in by code, not written).
             "pick": the LLM chooses any shortlisted candidate and justifies it. Which one serves better is
             measured (docs/llm.md, "Does the LLM help the pick?").
         include_shap: show the SHAP explanations ([S] items).
