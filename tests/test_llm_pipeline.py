@@ -426,3 +426,21 @@ def test_server_client_reports_an_unreachable_server():
         port = sock.getsockname()[1]
     with pytest.raises(MetallmixError, match="cannot reach the metallmix server"):
         recommend_via_server(f"http://127.0.0.1:{port}", meta_features=QUERY, timeout_s=5)
+
+
+def test_a_comparison_the_numbers_contradict_is_an_unsupported_claim(document):
+    """As Qwen2.5-Coder-1.5B wrote on a Quick-Tune prompt: every number is in the evidence, the comparisons are not."""
+    from metallmix.llm.answer import false_comparisons
+
+    top, runner_up = (f"{item['predicted']['accuracy'] * 100:.1f}" for item in document["shortlist"][:2])
+    wrong = f"[C1] achieves a lower predicted accuracy of {top}% compared to [C2]'s {runner_up}%."
+    assert false_comparisons(wrong) == [f"it says {top} is lower than {runner_up}"]
+    assert false_comparisons("a lower dropout rate of 0 compared to [C2]'s 0.") == ["it says 0 is lower than 0"]
+    sound = (f"Its predicted accuracy ({top}%) is higher than [C2]'s {runner_up}%, 0.4 points higher than [C3] at 12.0%; "
+             "its failure risk is lower (9% vs. 13%) and its lr 0.0005 is lower than 0.005.")
+    assert false_comparisons(sound) == []
+    prompt = build_pick_prompt(document)
+    answer = {**explained_answer(document), "justification": explained_answer(document)["justification"] + " " + wrong}
+    answer, errors = parse_answer(json.dumps(answer), "stop", prompt)
+    checks = deterministic_checks(answer, errors, prompt, document)
+    assert checks["claims_supported"] is False and checks["passed"] is False

@@ -50,6 +50,16 @@ LABEL_IN_TEXT = re.compile(r"\[([A-Za-z][0-9]+)\]")
 CLAUSE_SPLIT = re.compile(r"[.;:!?()]|,\s|\b(?:and|while|but|whereas|although)\b")
 RAISE_WORDS = ("raises", "increases", "boosts", "improves", "adds")  # a claimed SHAP direction: third-person
 LOWER_WORDS = ("lowers", "reduces", "decreases", "hurts", "penalises", "penalizes")  # verbs only, few false alarms
+# "A ... higher ... than B" / "higher ... A ... compared to B": a comparison of two numbers the text states
+MORE_WORDS, LESS_WORDS = ("higher", "greater", "larger", "more"), ("lower", "smaller", "less", "fewer")
+_DIFFERENCE = r"(?!\d|\.\d|\s*(?:points?|percentage|pp|times|x)\b)"  # "0.1 points higher than": a difference
+_A, _B = rf"(?P<a>\d+(?:\.\d+)?){_DIFFERENCE}", r"(?P<b>\d+(?:\.\d+)?)"
+_COMPARED = r"(?:than|compared to|compared with|versus|vs\.?)"
+_COMPARATIVE = "|".join(MORE_WORDS + LESS_WORDS)
+COMPARISONS = (
+    re.compile(rf"\b(?P<word>{_COMPARATIVE})\b[^.;]*?{_A}[^.;\d]*?\b{_COMPARED}\b[^.;\d]*?{_B}"),
+    re.compile(rf"{_A}[^.;\d]*?\b(?P<word>{_COMPARATIVE})\s+{_COMPARED}\b[^.;\d]*?{_B}"),
+)
 
 
 def parse_answer(text: str, finish_reason: str | None, prompt: PickPrompt) -> tuple[dict[str, Any] | None, list[str]]:
@@ -239,6 +249,21 @@ def unsupported_claims(text: str, prompt: PickPrompt, document: dict[str, Any]) 
         if claimed not in directions[named[0]]:
             out.append(f"'{named[0]}' {claimed} accuracy, but the SHAP evidence says it "
                        f"{' / '.join(sorted(directions[named[0]]))} it")
+    return out + false_comparisons(text)
+
+
+def false_comparisons(text: str) -> list[str]:
+    """Comparisons of two stated numbers whose direction is wrong ("a higher accuracy of 58.5% compared to
+    [C2]'s 59.8%", "a dropout of 0, lower than [C2]'s 0"). Labels are read as words, not numbers."""
+    plain = re.sub(r"[a-z_]+\d+[a-z0-9_]*", " name ", LABEL_IN_TEXT.sub(" label ", text.lower()))  # not numbers
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", plain):
+        for pattern in COMPARISONS:
+            for match in pattern.finditer(sentence):
+                first, second = float(match.group("a")), float(match.group("b"))
+                more = match.group("word") in MORE_WORDS
+                if (more and first <= second) or (not more and first >= second):
+                    out.append(f"it says {match.group('a')} is {match.group('word')} than {match.group('b')}")
     return out
 
 
