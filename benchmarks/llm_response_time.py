@@ -229,10 +229,15 @@ def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict
         picks += [(f"{r['model']}/{r['role']}", r["dataset"], r["picked"]) for r in runs if r["spec"] == spec]
         picks += [(f"{r['model']}/{r['role']}/choice", r["dataset"], r["llm_choice"]) for r in runs
                   if r["spec"] == spec and r["role"] == "pick" and r.get("llm_choice")]
+        by_key: dict[str, dict[str, str]] = {}
         for key, dataset, chosen in picks:
-            result = evaluate_lodo(df, pick=lambda *_, chosen=chosen: chosen, baselines=False, datasets=[dataset],
-                                   intervals=False)
-            regret[(f"{spec}/{dataset}", key)] = result["datasets"][0]["normalized_regret"]
+            by_key.setdefault(key, {})[dataset] = chosen
+        dataset_of = df.set_index("run_id")["dataset_id"]
+        for key, chosen in by_key.items():  # one replay per pick source, over the datasets it picked on
+            result = evaluate_lodo(df, pick=lambda _train, _mf, candidates, chosen=chosen: chosen[dataset_of[candidates.index[0]]],
+                                   baselines=False, datasets=sorted(chosen), intervals=False)
+            for entry in result["datasets"]:
+                regret[(f"{spec}/{entry['dataset']}", key)] = entry["normalized_regret"]
     surrogate = percentiles([p["surrogate_s"] for p in prompts])
     rows, comparisons = [], []
     lines = ["| model | role | prompts | shown (checks + judge passed) | first answer passed | fallbacks | verdict mean "
@@ -260,9 +265,10 @@ def summarise(runs: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> dict
                      f"| {row['judge']['p50_s']} / {row['judge']['p95_s']} s | {row['total']['p50_s']} / {row['total']['p95_s']} s "
                      f"| {row['agrees']}/{row['prompts']} | {row['regret']} ({row['argmax_regret']}) |")
         if role == "pick":  # the answer delivered (the argmax on a fallback), and the LLM's own choice, shown or not
+            ran = {f"{r['spec']}/{r['dataset']}" for r in mine}
             for which, name in ((key, "delivered"), (f"{key}/choice", "LLM's choice")):
-                chosen = {(d, m): v for (d, m), v in regret.items() if m in (which, "argmax")
-                          and (d, which) in regret and any(f"{r['spec']}/{r['dataset']}" == d for r in mine)}
+                chosen = {(d, m): v for (d, m), v in regret.items()
+                          if m in (which, "argmax") and d in ran and (d, which) in regret}
                 frame = pd.DataFrame({"normalized_regret": chosen}).rename_axis(["dataset", "method"])
                 for spec in [None, *sorted({r["spec"] for r in mine})]:
                     part = frame if spec is None else frame[frame.index.get_level_values("dataset").str.startswith(spec + "/")]

@@ -165,12 +165,14 @@ def describe_llm_step(llm: dict[str, Any], judge: dict[str, Any]) -> str:
                 "template explanation above.")
     what = ("explains the meta-learner's pick" if llm["role"] == "explain"
             else f"picked rank {llm['chosen_rank']} of the shortlist")
-    def levels(scores: dict[str, float]) -> str:
-        return ", ".join(f"{name} {score:g}" for name, score in scores.items())
-
-    own = (f"; the judge LLM's own scores: {levels(judge['scores'])}" if judge.get("scores")
+    own = (f"; the judge LLM's own scores: {_levels(judge['scores'])}" if judge.get("scores")
            else f"; {judge['error']}" if judge.get("error") else "")
-    return f"The explanation is the LLM's ({took}): it {what}. Judge verdict {judge['verdict_score']:g} of 5 ({levels(judge['verdict_scores'])}){own}."
+    return (f"The explanation is the LLM's ({took}): it {what}. Judge verdict {judge['verdict_score']:g} of 5 "
+            f"({_levels(judge['verdict_scores'])}){own}.")
+
+
+def _levels(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {score:g}" for name, score in scores.items())
 
 
 def _constraints(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from metallmix.errors import ConfigError
@@ -98,9 +98,9 @@ class PickPrompt:
     evidence_labels: list[str]
     evidence_text: str  # every fact shown (meta-features, constraints, shortlist, evidence); no description
     max_tokens: int
-    role: str = "pick"
-    shown_settings: tuple[str, ...] = ()  # the config keys shown per candidate
-    fixed: dict[str, str] = field(default_factory=dict)  # answer fields filled in by code, not written by the LLM
+    role: str
+    shown_settings: tuple[str, ...]  # the config keys shown per candidate
+    fixed: dict[str, str]  # answer fields filled in by code, not written by the LLM
 
 
 def build_pick_prompt(document: dict[str, Any], options: PromptOptions | None = None,
